@@ -1,0 +1,9 @@
+"""hpplug: a plugin-based PyTorch training engine tracked in Weights & Biases."""
+
+__version__ = "0.1.0"
+
+from hpplug.errors import HpplugError  # noqa: E402
+from hpplug.hookspecs import hookimpl  # noqa: E402
+from hpplug.plugin import Batch, Param, Plugin, Progress  # noqa: E402
+
+__all__ = ["Batch", "HpplugError", "Param", "Plugin", "Progress", "__version__", "hookimpl"]

@@ -1,0 +1,1 @@
+"""pytest plugin for hpplug plugin authors (entry point ``pytest11``)."""
