@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
-MODELS = ("mlp", "cnn")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRECISIONS = ("no", "bf16", "fp16")
 WANDB_MODES = ("online", "offline", "disabled")

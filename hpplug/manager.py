@@ -23,6 +23,19 @@ BUILTIN_DISTRIBUTIONS = frozenset(
     {"hpplug-schedulers", "hpplug-regularizers", "hpplug-augment", "hpplug-batch"}
 )
 DISABLE_AUTOLOAD_ENV = "HPPLUG_DISABLE_PLUGIN_AUTOLOAD"
+LOCAL_DISTRIBUTION = "<in-process>"
+
+# Plugins registered in-process (tests, notebooks) by ``register_local``: name -> class.
+_local: dict[str, type[Plugin]] = {}
+
+
+def register_local(name: str, cls: type[Plugin]) -> None:
+    """Make ``cls`` available as plugin ``name`` without an installed package."""
+    _local[name] = cls
+
+
+def unregister_local(name: str) -> None:
+    _local.pop(name, None)
 
 
 @dataclass
@@ -40,6 +53,10 @@ class PluginEntry:
     @property
     def builtin(self) -> bool:
         return self.distribution in BUILTIN_DISTRIBUTIONS
+
+    @property
+    def kind_name(self) -> str:
+        return self.cls.kind if self.cls is not None else "?"
 
     @property
     def hooks(self) -> list[str]:
@@ -68,6 +85,15 @@ def discover() -> dict[str, PluginEntry]:
         try:
             entry.cls = _load(ep)
         except Exception as exc:  # noqa: BLE001 - any failure of a plugin import is reported
+            entry.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    for name, cls in _local.items():
+        entry = PluginEntry(name, LOCAL_DISTRIBUTION, __version__, f"{cls.__module__}:{cls.__qualname__}")
+        entries[name] = entry
+        try:
+            _check_version(cls)
+            _check_hooks(name, cls)
+            entry.cls = cls
+        except Exception as exc:  # noqa: BLE001
             entry.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
     for entry in entries.values():
         if entry.also_in and entry.error is None:

@@ -1,0 +1,3 @@
+from hpplug.cli import main
+
+main()

@@ -1,0 +1,249 @@
+"""The ``hpplug`` command line. Errors become one line on stderr and exit code 2 here.
+
+Every option also takes the form ``wandb agent`` writes (``--batch_size=64``,
+``--plugin=['cosine', 'dropout']``, ``--cosine.eta_min=0.001``), so a sweep can set
+anything the command line can.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import sys
+import warnings
+from dataclasses import fields
+from typing import Any
+
+import click
+
+from hpplug import __version__
+from hpplug.config import OPTIMIZERS, PRECISIONS, WANDB_MODES, RunConfig
+from hpplug.errors import HpplugError
+
+DEFAULTS = RunConfig()
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+MODELS = ("mlp", "cnn")
+
+# (field, click type, help) for every core option of `hpplug run`.
+CORE_OPTIONS: list[tuple[str, Any, str]] = [
+    ("dataset", click.Choice(DATASETS), "Dataset; digits is bundled with scikit-learn and needs no network."),
+    ("data_root", click.STRING, "Folder datasets are read from and downloaded to (HPPLUG_OFFLINE=1: never download)."),
+    ("model", click.Choice(MODELS), "Model: the article's MLP or a small CNN."),
+    ("hidden", click.IntRange(1), "Hidden units of the last hidden layer."),
+    ("epochs", click.IntRange(1), "Epochs to train."),
+    ("batch_size", click.IntRange(1), "Samples per process per micro-batch."),
+    ("lr", click.FloatRange(0, min_open=True), "Base learning rate (before LR plugins)."),
+    ("optimizer", click.Choice(OPTIMIZERS), "Optimizer."),
+    ("momentum", click.FloatRange(0, 1, max_open=True), "SGD momentum."),
+    ("seed", click.INT, "Random seed: weights, sample order and augmentation draws."),
+    ("mixed_precision", click.Choice(PRECISIONS), "Autocast precision; fp16 needs a CUDA GPU."),
+    ("grad_accum", click.IntRange(1), "Micro-batches per optimizer update."),
+    ("wandb_mode", click.Choice(WANDB_MODES), "W&B mode [default: online with credentials, else offline]."),
+    ("project", click.STRING, "W&B project."),
+    ("output_dir", click.STRING, "Where run records (and offline W&B runs) are written."),
+    ("log_every", click.IntRange(1), "Log train loss and LR every N updates."),
+    ("eval_batch_size", click.IntRange(1), "Batch size for evaluation."),
+]
+_OPTION_TYPES = {name: ctype for name, ctype, _ in CORE_OPTIONS}
+
+
+def _core_option(name: str, ctype: Any, help: str) -> click.Option:
+    decls = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else []) + [name]
+    default = getattr(DEFAULTS, name)
+    return click.Option(decls, type=ctype, default=default, show_default=default is not None, help=help)
+
+
+def split_plugin_names(values: tuple[str, ...]) -> list[str]:
+    """``--plugin a --plugin b``, ``--plugin a,b`` or ``--plugin=['a', 'b']`` (wandb agent)."""
+    names: list[str] = []
+    for value in values:
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                names += [str(v) for v in ast.literal_eval(text)]
+            except (ValueError, SyntaxError):
+                raise HpplugError(f"--plugin {value!r} is not a list such as ['cosine', 'dropout']") from None
+        else:
+            names += [n.strip() for n in text.split(",") if n.strip()]
+    return names
+
+
+def _plugin_options(catalog: dict[str, Any]) -> list[click.Option]:
+    options = []
+    for name, entry in sorted(catalog.items()):
+        if entry.cls is None:
+            continue
+        for key, param in entry.cls.params.items():
+            default = "the run's length" if param.default is None else param.default
+            options.append(click.Option(
+                [f"--{name}.{key}", f"{name.replace('-', '_')}__{key}"], type=click.STRING, default=None,
+                metavar=param.type_name.upper(),
+                help=f"[{name}] {param.help} (default {default}; {param.describe_range()})"))
+    return options
+
+
+def _plugin_values(catalog: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Pop ``<plugin>__<param>`` keyword arguments into ``{plugin: {param: raw}}``."""
+    raw: dict[str, dict[str, Any]] = {}
+    for name, entry in catalog.items():
+        if entry.cls is None:
+            continue
+        for key in entry.cls.params:
+            value = kwargs.pop(f"{name.replace('-', '_')}__{key}", None)
+            if value is not None:
+                raw.setdefault(name, {})[key] = value
+    return raw
+
+
+def _reject_extra_args(args: list[str], catalog: dict[str, Any]) -> None:
+    """Name an unknown ``--plugin.param`` or option clearly instead of click's generic error."""
+    if not args:
+        return
+    arg = args[0]
+    option = arg.split("=", 1)[0]
+    if option.startswith("--") and "." in option:
+        plugin, key = option[2:].split(".", 1)
+        if plugin not in catalog:
+            raise HpplugError(f"{option}: unknown plugin {plugin!r}; see `hpplug plugins`")
+        known = ", ".join(f"--{plugin}.{k}" for k in (catalog[plugin].cls.params if catalog[plugin].cls else {}))
+        raise HpplugError(f"unknown parameter {option}; {plugin} takes: {known or 'no parameters'}")
+    raise HpplugError(f"unexpected argument {arg!r}; see `hpplug run --help`")
+
+
+def build_config(catalog: dict[str, Any], plugin_names: list[str], raw: dict[str, dict[str, Any]],
+                 core: dict[str, Any]) -> tuple[RunConfig, list[Any]]:
+    """Validate plugins and their values; returns the config and the chosen entries."""
+    from hpplug import manager
+
+    entries = manager.resolve(catalog, plugin_names)
+    if os.environ.get("WANDB_SWEEP_ID"):  # a sweep may set parameters of plugins it did not pick
+        raw = {name: values for name, values in raw.items() if name in plugin_names}
+    values = manager.parse_values(entries, raw)
+    return RunConfig(plugins=plugin_names, plugin_params=values, **core), entries
+
+
+def sweep_overrides(catalog: dict[str, Any]):
+    """The merge of ``wandb.config`` into a config: in a sweep the sweep's values win."""
+
+    def apply(config: RunConfig, values: dict[str, Any]) -> tuple[RunConfig, list[Any]]:
+        core = {f.name: getattr(config, f.name) for f in fields(RunConfig)
+                if f.name not in ("plugins", "plugin_params", "num_processes")}
+        for key, value in values.items():
+            if key in _OPTION_TYPES and value is not None and value != core[key]:
+                try:
+                    core[key] = _OPTION_TYPES[key].convert(value, None, None)
+                except click.BadParameter as exc:
+                    raise HpplugError(f"W&B config {key}={value!r}: {exc.message}") from None
+        plugins = values.get("plugin", values.get("plugins", config.plugins))
+        names = split_plugin_names((str(plugins),)) if not isinstance(plugins, list) else [str(p) for p in plugins]
+        raw = {name: dict(params) for name, params in config.plugin_params.items() if name in names}
+        for key, value in values.items():
+            if "." in key and key.split(".", 1)[0] in catalog:
+                plugin, param = key.split(".", 1)
+                raw.setdefault(plugin, {})[param] = value
+        return build_config(catalog, names, raw, core)
+
+    return apply
+
+
+def run_command(catalog: dict[str, Any]) -> click.Command:
+    """``hpplug run``, with one option per parameter of every installed plugin."""
+
+    def callback(plugin: tuple[str, ...], **kwargs: Any) -> None:
+        from hpplug import engine
+
+        ctx = click.get_current_context()
+        _reject_extra_args(ctx.args, catalog)
+        raw = _plugin_values(catalog, kwargs)
+        config, entries = build_config(catalog, split_plugin_names(plugin), raw, kwargs)
+        result = engine.run(config, entries, apply_overrides=sweep_overrides(catalog))
+        click.echo(f"run {result.run_id} {result.status}: test/accuracy "
+                   f"{result.summary.get('test/accuracy', float('nan')):.4f}, "
+                   f"{result.summary.get('train/samples_per_s', 0):,.0f} samples/s; record in {result.record_dir}")
+        if result.sync_hint:
+            click.echo(f"W&B run saved offline; upload it with: {result.sync_hint}")
+
+    names = ", ".join(sorted(n for n, e in catalog.items() if e.cls is not None)) or "none installed"
+    params = [click.Option(["--plugin", "--plugins", "-p", "plugin"], multiple=True, metavar="NAME",
+                           help=f"Plugin to use; repeat for several. Installed: {names}.")]
+    params += [_core_option(*spec) for spec in CORE_OPTIONS] + _plugin_options(catalog)
+    return click.Command(
+        "run", callback=callback, params=params,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                          "max_content_width": 100},
+        help="Train a model assembled from plugins, tracked in W&B and in a local run record.\n\n"
+             "Defaults reproduce the seed article: MLP with 500 hidden units, SGD lr 0.1, batch 64. "
+             "Plugin parameters are --<plugin>.<param>=VALUE, e.g. --cosine.eta_min=0.0001.",
+        short_help="Train a model assembled from plugins.")
+
+
+class HpplugCLI(click.Group):
+    """Builds ``run`` on demand: its options come from the installed plugins."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "run"])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name == "run":
+            from hpplug.manager import discover
+
+            return run_command(discover())
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=HpplugCLI, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hpplug")
+def cli() -> None:
+    """hpplug: tune PyTorch training runs with plugins, tracked in Weights & Biases."""
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def plugins_command(as_json: bool) -> None:
+    """List installed plugins: kind, distribution, hooks, parameters, and load errors."""
+    from hpplug.manager import DISABLE_AUTOLOAD_ENV, discover, third_party_disabled
+
+    catalog = discover()
+    rows = [_describe(entry) for entry in sorted(catalog.values(), key=lambda e: (e.kind_name, e.name))]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if third_party_disabled():
+        click.echo(f"{DISABLE_AUTOLOAD_ENV} is set: third-party plugins are not loaded.\n")
+    for row in rows:
+        head = f"{row['name']}  [{row['kind']}]  {row['distribution']} {row['version']}"
+        click.echo(head + ("  ERROR: " + row["error"] if row["error"] else ""))
+        if row["hooks"]:
+            click.echo("    hooks: " + ", ".join(row["hooks"]))
+        for p in row["params"]:
+            click.echo(f"    --{row['name']}.{p['name']}  {p['type']} = {p['default']!r}  ({p['range']})  {p['help']}")
+    if not rows:
+        click.echo("No plugins installed: pip install hpplug's plugins/ packages or a third-party one.")
+
+
+def _describe(entry: Any) -> dict[str, Any]:
+    params = []
+    if entry.cls is not None:
+        params = [{"name": k, "type": p.type_name, "default": p.default, "range": p.describe_range(),
+                   "help": p.help} for k, p in entry.cls.params.items()]
+    return {"name": entry.name, "kind": entry.kind_name, "distribution": entry.distribution,
+            "version": entry.version, "builtin": entry.builtin, "hooks": entry.hooks, "params": params,
+            "slot": entry.cls.slot if entry.cls else None, "error": entry.error}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one-line errors with exit code 2 for bad input, never a traceback."""
+    warnings.filterwarnings("ignore", message=".*Valid config keys have changed in V2.*")
+    try:
+        code = cli.main(args=argv, prog_name="hpplug", standalone_mode=False)
+    except click.ClickException as exc:
+        click.echo(f"Error: {exc.format_message()}", err=True)
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except HpplugError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

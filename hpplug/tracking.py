@@ -1,0 +1,109 @@
+"""Where a run's results go: W&B through Accelerate's tracker, and a local run record.
+
+The local record (``<output-dir>/<run-id>/config.json``, ``metrics.jsonl``,
+``summary.json``) is written line by line as the run goes, so nothing is lost when a
+run fails, and it needs no W&B account to read. Only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import secrets
+import string
+import time
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+
+def has_wandb_credentials() -> bool:
+    """True when an API key is configured (environment or ~/.netrc), without network."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(requested: str | None) -> str:
+    """--wandb-mode, else WANDB_MODE, else online with credentials and offline without."""
+    mode = requested or os.environ.get("WANDB_MODE") or ""
+    if mode in ("online", "offline", "disabled"):
+        return mode
+    if mode == "dryrun":
+        return "offline"
+    return "online" if has_wandb_credentials() else "offline"
+
+
+def new_run_id() -> str:
+    """Eight lowercase letters and digits, the shape of a W&B run id."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+class Tracker:
+    """Logs to W&B (when enabled) and to the local record, on the main process only."""
+
+    def __init__(self, accelerator: Accelerator, mode: str, run_id: str, output_dir: str | Path) -> None:
+        self.accelerator = accelerator
+        self.mode = mode
+        self.run_id = run_id
+        self.active = accelerator.is_main_process
+        self.record_dir = Path(output_dir) / run_id
+        self.wandb_run: Any = None
+        self._metrics = None
+
+    def start(self, project: str, config: dict[str, Any], group: str | None = None) -> None:
+        if not self.active:
+            return
+        self.record_dir.mkdir(parents=True, exist_ok=True)
+        (self.record_dir / "config.json").write_text(json.dumps(_jsonable(config), indent=2) + "\n")
+        self._metrics = open(self.record_dir / "metrics.jsonl", "a", buffering=1)
+        if self.mode != "disabled":
+            os.environ.setdefault("WANDB_SILENT", "true")
+            init = {"mode": self.mode, "id": self.run_id, "dir": str(self.record_dir.parent),
+                    "group": group, "resume": "allow"}
+            self.accelerator.init_trackers(project, config=_jsonable(config), init_kwargs={"wandb": init})
+            self.wandb_run = self.accelerator.get_tracker("wandb", unwrap=True)
+
+    def wandb_config(self) -> dict[str, Any]:
+        """What W&B says the config is: in a sweep, the sweep's values win over argv."""
+        return dict(self.wandb_run.config) if self.wandb_run is not None else {}
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        if not self.active:
+            return
+        self._metrics.write(json.dumps({"step": step, "time": round(time.time(), 3), **_jsonable(metrics)}) + "\n")
+        if self.wandb_run is not None:
+            self.accelerator.log(metrics, step=step)
+
+    def finish(self, summary: dict[str, Any], status: str) -> str | None:
+        """Write the summary, close W&B; returns the `wandb sync` hint for offline runs."""
+        if not self.active:
+            return None
+        summary = {"status": status, **_jsonable(summary)}
+        (self.record_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self._metrics is not None:
+            self._metrics.close()
+        hint = None
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update(summary)
+            if self.mode == "offline":
+                hint = f"wandb sync {Path(self.wandb_run.dir).parent}"
+            self.wandb_run.finish(exit_code=0 if status == "finished" else 1)
+        return hint
