@@ -178,17 +178,30 @@ def run_command(catalog: dict[str, Any]) -> click.Command:
         short_help="Train a model assembled from plugins.")
 
 
+# Commands defined in their own modules, imported only when used: "name": "module:attr".
+LAZY_COMMANDS = {
+    "sweep": "hpplug.sweep:sweep_command",
+    "new-plugin": "hpplug.scaffold:new_plugin_command",
+}
+
+
 class HpplugCLI(click.Group):
-    """Builds ``run`` on demand: its options come from the installed plugins."""
+    """Builds ``run`` on demand (its options come from the installed plugins) and
+    imports the other commands' modules only when they are used."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), "run"])
+        return sorted([*super().list_commands(ctx), "run", *LAZY_COMMANDS])
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name == "run":
             from hpplug.manager import discover
 
             return run_command(discover())
+        if name in LAZY_COMMANDS:
+            import importlib
+
+            module, attr = LAZY_COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
 
 
