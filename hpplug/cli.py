@@ -43,6 +43,7 @@ CORE_OPTIONS: list[tuple[str, Any, str]] = [
     ("project", click.STRING, "W&B project."),
     ("output_dir", click.STRING, "Where run records (and offline W&B runs) are written."),
     ("log_every", click.IntRange(1), "Log train loss and LR every N updates."),
+    ("checkpoint_every", click.STRING, "Checkpoint every N updates (200, 200updates) or epochs (1epoch)."),
     ("eval_batch_size", click.IntRange(1), "Batch size for evaluation."),
 ]
 _OPTION_TYPES = {name: ctype for name, ctype, _ in CORE_OPTIONS}
@@ -147,26 +148,80 @@ def sweep_overrides(catalog: dict[str, Any]):
     return apply
 
 
+def _resume_dir(resume: str | None, output_dir: str):
+    """The record folder to resume: --resume, or a sweep's re-run of a preempted trial."""
+    from pathlib import Path
+
+    from hpplug import checkpoint
+
+    if resume == "auto":
+        return checkpoint.find_resumable(Path(output_dir))
+    if resume:
+        path = Path(resume)
+        if not path.is_dir():
+            raise HpplugError(f"--resume {resume}: no such run folder; pass a run's record folder "
+                              f"(e.g. {Path(output_dir) / '<run-id>'}) or auto")
+        return path
+    run_id = os.environ.get("WANDB_RUN_ID")
+    if run_id and (Path(output_dir) / run_id / checkpoint.CHECKPOINT).is_dir():
+        if checkpoint.status(Path(output_dir) / run_id) != "finished":
+            return Path(output_dir) / run_id
+    return None
+
+
+def resumed_config(catalog: dict[str, Any], record_dir) -> tuple[RunConfig, list[Any]]:
+    """The configuration a run started with, from its checkpoint."""
+    from hpplug import checkpoint, manager
+
+    if checkpoint.status(record_dir) == "finished":
+        raise HpplugError(f"run {record_dir.name} already finished; nothing to resume")
+    saved = checkpoint.saved_config(record_dir)
+    config = RunConfig(**saved)
+    entries = manager.resolve(catalog, config.plugins)
+    config.plugin_params = manager.parse_values(entries, config.plugin_params)
+    return config, entries
+
+
+def report(result: Any) -> None:
+    """The run's last lines; an interrupted run exits 128 + the signal's number."""
+    test = result.summary.get("test/accuracy")
+    click.echo(f"run {result.run_id} {result.status}: test/accuracy "
+               f"{'-' if test is None else f'{test:.4f}'}, "
+               f"{result.summary.get('train/samples_per_s', 0):,.0f} samples/s; record in {result.record_dir}")
+    if result.sync_hint:
+        click.echo(f"W&B run saved offline; upload it with: {result.sync_hint}")
+    if result.status == "stopped":
+        click.echo(f"stopped early at update {result.summary.get('updates')} on request "
+                   "(SIGUSR1, e.g. a sweep's early termination)")
+    if result.status == "interrupted":
+        click.echo(f"interrupted at update {result.summary.get('updates')}; checkpoint saved. "
+                   f"Resume with: hpplug run --resume {result.record_dir}", err=True)
+        sys.exit(128 + (result.signum or 2))
+
+
 def run_command(catalog: dict[str, Any]) -> click.Command:
     """``hpplug run``, with one option per parameter of every installed plugin."""
 
-    def callback(plugin: tuple[str, ...], **kwargs: Any) -> None:
+    def callback(plugin: tuple[str, ...], resume: str | None, **kwargs: Any) -> None:
         from hpplug import engine
 
         ctx = click.get_current_context()
         _reject_extra_args(ctx.args, catalog)
         raw = _plugin_values(catalog, kwargs)
-        config, entries = build_config(catalog, split_plugin_names(plugin), raw, kwargs)
-        result = engine.run(config, entries, apply_overrides=sweep_overrides(catalog))
-        click.echo(f"run {result.run_id} {result.status}: test/accuracy "
-                   f"{result.summary.get('test/accuracy', float('nan')):.4f}, "
-                   f"{result.summary.get('train/samples_per_s', 0):,.0f} samples/s; record in {result.record_dir}")
-        if result.sync_hint:
-            click.echo(f"W&B run saved offline; upload it with: {result.sync_hint}")
+        resume_dir = _resume_dir(resume, kwargs["output_dir"])
+        if resume_dir is not None:
+            config, entries = resumed_config(catalog, resume_dir)
+        else:
+            config, entries = build_config(catalog, split_plugin_names(plugin), raw, kwargs)
+        result = engine.run(config, entries, apply_overrides=sweep_overrides(catalog), resume_dir=resume_dir)
+        report(result)
 
     names = ", ".join(sorted(n for n, e in catalog.items() if e.cls is not None)) or "none installed"
     params = [click.Option(["--plugin", "--plugins", "-p", "plugin"], multiple=True, metavar="NAME",
-                           help=f"Plugin to use; repeat for several. Installed: {names}.")]
+                           help=f"Plugin to use; repeat for several. Installed: {names}."),
+              click.Option(["--resume"], metavar="auto|DIR", default=None,
+                           help="Continue a run from its checkpoint: its record folder, or auto for the "
+                                "newest unfinished one in --output-dir. Other options are taken from the run.")]
     params += [_core_option(*spec) for spec in CORE_OPTIONS] + _plugin_options(catalog)
     return click.Command(
         "run", callback=callback, params=params,

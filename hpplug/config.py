@@ -32,6 +32,7 @@ class RunConfig:
     project: str = "hpplug"
     output_dir: str = "runs"
     log_every: int = 50
+    checkpoint_every: str | None = None
     eval_batch_size: int = 1000
     # Filled in by the engine before ``hpplug_adjust_config`` fires.
     num_processes: int = 1

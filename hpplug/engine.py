@@ -2,7 +2,9 @@
 
 The engine owns the update and epoch counters and sets the LR itself before every
 optimizer update from the plugins' factors; no torch scheduler is handed to Accelerate,
-so the LR cannot step once per process (accelerate issues 2926, 2142, 1398).
+so the LR cannot step once per process (accelerate issues 2926, 2142, 1398). Sample
+order and augmentation draws are pure functions of (seed, epoch, update, rank), so one
+process or several, interrupted or not, train alike.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import pluggy
@@ -20,12 +23,13 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from hpplug import checkpoint
 from hpplug import data as datasets
 from hpplug import models
 from hpplug.config import RunConfig
+from hpplug.console import EpochBar
 from hpplug.errors import HpplugError
 from hpplug.plugin import Batch, Plugin, Progress
-from hpplug.console import EpochBar
 from hpplug.tracking import Tracker
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -35,22 +39,78 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 }
 
 
+class Stopped(Exception):
+    """Training ended on request (a signal) before the last epoch."""
+
+    def __init__(self, reason: str, signum: int | None) -> None:
+        super().__init__(reason)
+        self.reason, self.signum = reason, signum
+
+
 def make_accelerator(config: RunConfig, tracking: bool) -> Accelerator:
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise HpplugError("--mixed-precision fp16 needs a CUDA GPU; on the CPU use bf16 or no")
     # Accelerate keeps one global state per process; a second run in the same process
-    # (tests, notebooks, in-process sweeps) may ask for another precision.
+    # (tests, notebooks) may ask for another precision.
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    return Accelerator(mixed_precision=config.mixed_precision, log_with="wandb" if tracking else None)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with="wandb" if tracking else None)
+    check_launch(accelerator)
+    return accelerator
+
+
+def check_launch(accelerator: Accelerator) -> None:
+    """Several processes that each train alone as rank 0 are a launch mistake, not a run."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and accelerator.num_processes == 1:
+        raise HpplugError(
+            f"launched as {world} processes (WORLD_SIZE={world}) but each trains alone as rank 0; "
+            f"without GPUs use: ACCELERATE_USE_CPU=1 torchrun --nproc_per_node {world} -m hpplug run ...")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The sample order of one epoch: the same on every process, a pure function of
     (seed, epoch) so a resumed run replays it exactly."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+@dataclass
+class LoopState:
+    """The loop's counters and running sums; checkpointed beside model and optimizer.
+
+    Sums are per process; at a checkpoint they are reduced onto the main process, which is
+    the only one whose copy is saved and restored.
+    """
+
+    progress: Progress
+    device: torch.device
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_time: float = 0.0
+    train_samples: int = 0
+    epoch_time: float = 0.0
+    epoch_sums: torch.Tensor = None  # type: ignore[assignment]  # loss, correct, count
+    window: torch.Tensor = None  # type: ignore[assignment]
+    is_main: bool = True
+
+    def __post_init__(self) -> None:
+        self.epoch_sums = torch.zeros(3, device=self.device, dtype=torch.float64)
+        self.window = torch.zeros(3, device=self.device, dtype=torch.float64)
+
+    def state_dict(self) -> dict[str, Any]:
+        p = self.progress
+        return {"update": p.update, "epoch": p.epoch, "history": self.history, "train_time": self.train_time,
+                "train_samples": self.train_samples, "epoch_time": self.epoch_time,
+                "epoch_sums": self.epoch_sums.tolist(), "window": self.window.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.progress.update, self.progress.epoch = state["update"], state["epoch"]
+        self.history, self.train_time = state["history"], state["train_time"]
+        self.train_samples, self.epoch_time = state["train_samples"], state["epoch_time"]
+        if self.is_main:
+            self.epoch_sums.copy_(torch.tensor(state["epoch_sums"]))
+            self.window.copy_(torch.tensor(state["window"]))
 
 
 @dataclass
@@ -65,17 +125,29 @@ class Loop:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     tracker: Tracker
-    progress: Progress
-    base_lrs: list[float] = field(default_factory=list)
-    batch_generator: torch.Generator | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
-    train_time: float = 0.0
-    train_samples: int = 0
+    state: LoopState
+    base_lrs: list[float]
+    batch_generator: torch.Generator
+    start_config: dict[str, Any]
+    every: checkpoint.Every | None = None
+    stop: checkpoint.StopRequests | None = None
+
+    @property
+    def progress(self) -> Progress:
+        return self.state.progress
+
+    def save_checkpoint(self) -> Path:
+        acc, s = self.accelerator, self.state
+        for sums in (s.epoch_sums, s.window):
+            total = acc.reduce(sums.clone(), reduction="sum")
+            sums.copy_(total if acc.is_main_process else torch.zeros_like(total))
+        return checkpoint.save(acc, self.tracker.record_dir, self.start_config)
 
 
 def prepare(config: RunConfig, pm: pluggy.PluginManager, plugins: list[Plugin],
             accelerator: Accelerator, tracker: Tracker, download: bool = True) -> Loop:
     """Fire the set-up hooks in order and build data, model and optimizer."""
+    start_config = config.to_dict()
     config.num_processes = accelerator.num_processes
     pm.hook.hpplug_adjust_config(config=config)
     set_seed(config.seed)
@@ -87,12 +159,15 @@ def prepare(config: RunConfig, pm: pluggy.PluginManager, plugins: list[Plugin],
     groups = pm.hook.hpplug_param_groups(model=model, config=config) or model.parameters()
     optimizer = OPTIMIZERS[config.optimizer](groups, config)
     model, optimizer = accelerator.prepare(model, optimizer)
-    per_update = config.batch_size * config.num_processes * config.grad_accum
+    per_update = config.global_batch_size
     progress = Progress(update=0, epoch=0, updates_per_epoch=math.ceil(len(data.train_y) / per_update),
                         epochs=config.epochs)
-    generator = torch.Generator(device=accelerator.device)
-    return Loop(config, accelerator, pm.hook, plugins, data, model, optimizer, tracker, progress,
-                base_lrs=[g["lr"] for g in optimizer.param_groups], batch_generator=generator)
+    state = LoopState(progress, accelerator.device, is_main=accelerator.is_main_process)
+    accelerator.register_for_checkpointing(state, *plugins)
+    return Loop(config, accelerator, pm.hook, plugins, data, model, optimizer, tracker, state,
+                base_lrs=[g["lr"] for g in optimizer.param_groups],
+                batch_generator=torch.Generator(device=accelerator.device), start_config=start_config,
+                every=checkpoint.Every.parse(config.checkpoint_every))
 
 
 def set_lr(loop: Loop) -> float:
@@ -105,31 +180,30 @@ def set_lr(loop: Loop) -> float:
     return loop.base_lrs[0] * factor
 
 
-def _local(indices: torch.Tensor, loop: Loop) -> torch.Tensor:
+def _local(indices: torch.Tensor, acc: Accelerator) -> torch.Tensor:
     """This process's contiguous share of a global (micro-)batch."""
-    acc = loop.accelerator
     return indices.tensor_split(acc.num_processes)[acc.process_index] if acc.num_processes > 1 else indices
 
 
-def train_update(loop: Loop, indices: torch.Tensor, sums: torch.Tensor) -> None:
+def train_update(loop: Loop, indices: torch.Tensor) -> None:
     """One optimizer update over ``indices`` (the global samples of this update).
 
     The loss is scaled so that the gradient is the mean over all of ``indices`` however
     they are split between processes and micro-batches: 1, 2 or N processes train alike.
     """
-    c, acc = loop.config, loop.accelerator
+    c, acc, sums = loop.config, loop.accelerator, loop.state.window
     # Per-update seed: augmentation draws are a pure function of (seed, rank, update).
     loop.batch_generator.manual_seed(c.seed * 1_000_003 + loop.progress.update * 131 + acc.process_index)
     micro = indices.tensor_split(c.grad_accum) if c.grad_accum > 1 else (indices,)
     scale = acc.num_processes / len(indices)
     for i, chunk in enumerate(micro):
-        idx = _local(chunk, loop)
+        idx = _local(chunk, acc)
         batch = Batch(loop.data.images(loop.data.train_x[idx]), loop.data.train_y[idx], True,
-                      loop.batch_generator)
+                      loop.batch_generator, index=idx)
         loop.hook.hpplug_transform_batch(batch=batch, progress=loop.progress)
         x, y = batch.x.to(acc.device, non_blocking=True), batch.y.to(acc.device, non_blocking=True)
-        sync = i == len(micro) - 1
-        with acc.no_sync(loop.model) if not sync and acc.num_processes > 1 else nullcontext():
+        last = i == len(micro) - 1
+        with acc.no_sync(loop.model) if not last and acc.num_processes > 1 else nullcontext():
             logits = loop.model(x)
             losses = loop.hook.hpplug_loss(logits=logits, targets=y)
             if losses is None:
@@ -150,11 +224,11 @@ def evaluate(loop: Loop) -> dict[str, float]:
     """Loss and accuracy over the whole test set, each sample counted once across processes."""
     acc, data = loop.accelerator, loop.data
     loop.model.eval()
-    share = torch.arange(len(data.test_y), device=data.test_y.device).tensor_split(acc.num_processes)[acc.process_index]
+    share = _local(torch.arange(len(data.test_y), device=data.test_y.device), acc)
     sums = torch.zeros(3, device=acc.device, dtype=torch.float64)
     with torch.no_grad():
         for idx in share.split(loop.config.eval_batch_size):
-            batch = Batch(data.images(data.test_x[idx]), data.test_y[idx], False, None)
+            batch = Batch(data.images(data.test_x[idx]), data.test_y[idx], False, None, index=idx)
             loop.hook.hpplug_transform_batch(batch=batch, progress=loop.progress)
             x, y = batch.x.to(acc.device), batch.y.to(acc.device)
             logits = loop.model(x)
@@ -163,39 +237,62 @@ def evaluate(loop: Loop) -> dict[str, float]:
             sums[2] += len(y)
     loss, correct, count = acc.reduce(sums, reduction="sum").tolist()
     loop.model.train()
-    return {"test/loss": loss / count, "test/accuracy": correct / count}
+    return {"test/loss": loss / count, "test/accuracy": correct / count, "test/samples": int(count)}
 
 
-def _reduce_window(loop: Loop, window: torch.Tensor) -> tuple[float, float]:
-    loss, correct, count = loop.accelerator.reduce(window.clone(), reduction="sum").tolist()
+def _mean(loop: Loop, sums: torch.Tensor) -> tuple[float, float]:
+    loss, correct, count = loop.accelerator.reduce(sums.clone(), reduction="sum").tolist()
     return loss / max(count, 1), correct / max(count, 1)
 
 
+def _check_stop(loop: Loop) -> None:
+    """Between updates: honour a stop request, agreed by all processes."""
+    if loop.stop is None:
+        return
+    acc = loop.accelerator
+    if acc.num_processes > 1:
+        if loop.progress.update % loop.config.log_every:
+            return
+        flag = torch.tensor([{None: 0, "stopped": 1, "interrupted": 2}[loop.stop.reason]], device=acc.device)
+        code = int(acc.gather(flag).max().item())
+        loop.stop.reason = {0: None, 1: "stopped", 2: "interrupted"}[code]
+    if loop.stop.reason is not None:
+        raise Stopped(loop.stop.reason, loop.stop.signum)
+
+
 def train_epoch(loop: Loop, bar: Any) -> dict[str, float]:
-    c, p = loop.config, loop.progress
+    c, p, s = loop.config, loop.progress, loop.state
     order = epoch_order(len(loop.data.train_y), c.seed, p.epoch).to(loop.data.train_y.device)
-    per_update = c.batch_size * c.num_processes * c.grad_accum
-    epoch_sums = torch.zeros(3, device=loop.accelerator.device, dtype=torch.float64)
-    window = torch.zeros(3, device=loop.accelerator.device, dtype=torch.float64)
-    start = time.perf_counter()
+    per_update = c.global_batch_size
     first = p.update - p.epoch * p.updates_per_epoch
     lr = loop.base_lrs[0]
-    for u in range(first, p.updates_per_epoch):
-        lr = set_lr(loop)
-        train_update(loop, order[u * per_update:(u + 1) * per_update], window)
-        bar.update(1)
-        if p.update % c.log_every == 0:
-            epoch_sums += window
-            loss, _ = _reduce_window(loop, window)
-            window.zero_()
-            loop.tracker.log({"train/loss": loss, "lr": lr, "epoch": p.epoch_fraction}, step=p.update)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}")
-    epoch_sums += window
-    loss, accuracy = _reduce_window(loop, epoch_sums)  # .tolist() waits for the device
-    elapsed = time.perf_counter() - start
+    start = time.perf_counter()
+    try:
+        for u in range(first, p.updates_per_epoch):
+            lr = set_lr(loop)
+            train_update(loop, order[u * per_update:(u + 1) * per_update])
+            bar.update(1)
+            if p.update % c.log_every == 0:
+                s.epoch_sums += s.window
+                loss, _ = _mean(loop, s.window)
+                s.window.zero_()
+                loop.tracker.log({"train/loss": loss, "lr": lr, "epoch": p.epoch_fraction}, step=p.update)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}")
+            if loop.every and loop.every.unit == "updates" and p.update % loop.every.n == 0:
+                s.epoch_time += time.perf_counter() - start
+                loop.save_checkpoint()  # not counted as training time
+                start = time.perf_counter()
+            _check_stop(loop)
+    finally:
+        s.epoch_time += time.perf_counter() - start
+    s.epoch_sums += s.window
+    s.window.zero_()
+    loss, accuracy = _mean(loop, s.epoch_sums)  # .tolist() waits for the device
     samples = len(loop.data.train_y) - first * per_update
-    loop.train_time += elapsed
-    loop.train_samples += samples
+    elapsed, s.epoch_time = s.epoch_time, 0.0
+    s.epoch_sums.zero_()
+    s.train_time += elapsed
+    s.train_samples += samples
     return {"train/loss": loss, "train/accuracy": accuracy, "train/samples_per_s": samples / elapsed, "lr": lr}
 
 
@@ -203,7 +300,7 @@ def fit(loop: Loop, bar_factory: Callable[..., Any]) -> dict[str, float]:
     """Train for the remaining epochs; returns the last epoch's metrics."""
     p = loop.progress
     loop.model.train()
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = loop.state.history[-1] if loop.state.history else {}
     while p.epoch < loop.config.epochs:
         with bar_factory(p) as bar:
             metrics = train_epoch(loop, bar)
@@ -214,8 +311,10 @@ def fit(loop: Loop, bar_factory: Callable[..., Any]) -> dict[str, float]:
                 metrics.update(extra or {})
             metrics["epoch"] = p.epoch
             bar.epoch_done(metrics)
-        loop.history.append(metrics)
+        loop.state.history.append(metrics)
         loop.tracker.log(metrics, step=p.update)
+        if loop.every and (loop.every.unit == "updates" or p.epoch % loop.every.n == 0 or p.epoch == p.epochs):
+            loop.save_checkpoint()
     return metrics
 
 
@@ -226,6 +325,7 @@ class RunResult:
     summary: dict[str, Any]
     record_dir: str
     sync_hint: str | None
+    signum: int | None = None
 
 
 def _broadcast(accelerator: Accelerator, value: Any) -> Any:
@@ -243,46 +343,59 @@ def wandb_config(config: RunConfig, entries: list[Any]) -> dict[str, Any]:
             "plugin_versions": {e.name: f"{e.distribution}=={e.version}" for e in entries}}
 
 
+def _summary(loop: Loop | None, final: dict[str, Any]) -> dict[str, Any]:
+    summary = dict(final)
+    if loop is not None:
+        s = loop.state
+        summary.update({"updates": s.progress.update, "epochs_done": s.progress.epoch})
+        if s.train_time > 0:
+            summary.update({"train/samples_per_s": s.train_samples / s.train_time, "train/time_s": s.train_time})
+        if s.history:
+            summary["best/test/accuracy"] = max(m["test/accuracy"] for m in s.history)
+    return summary
+
+
 def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_progress: bool = True,
-        apply_overrides: Callable[[RunConfig, dict[str, Any]], RunConfig] | None = None) -> RunResult:
+        apply_overrides: Callable[[RunConfig, dict[str, Any]], Any] | None = None,
+        resume_dir: str | Path | None = None) -> RunResult:
     """Train one run end to end; the local record and W&B are closed whatever happens.
 
     ``apply_overrides`` merges what W&B says the config is (a sweep's locked values) into
-    ``config`` before anything is built; the CLI passes its own validation for that.
+    ``config`` before anything is built. ``resume_dir`` continues a run from its checkpoint.
     """
     from hpplug import manager
     from hpplug.tracking import new_run_id, resolve_mode
 
     mode = resolve_mode(config.wandb_mode)
     accelerator = make_accelerator(config, tracking=mode != "disabled")
-    run_id = _broadcast(accelerator, os.environ.get("WANDB_RUN_ID") or new_run_id())
+    if resume_dir is not None:
+        run_id = Path(resume_dir).name
+        config.output_dir = str(Path(resume_dir).parent)
+    else:
+        run_id = _broadcast(accelerator, os.environ.get("WANDB_RUN_ID") or new_run_id())
     tracker = Tracker(accelerator, mode, run_id, config.output_dir)
-    tracker.start(config.project, wandb_config(config, entries))
-    status, final = "failed", {}
-    loop = None
+    tracker.start(config.project, wandb_config(config, entries), resuming=resume_dir is not None)
+    status, final, loop, signum = "failed", {}, None, None
     try:
-        if apply_overrides is not None:
+        if apply_overrides is not None and resume_dir is None:
             overrides = _broadcast(accelerator, tracker.wandb_config())
             config, entries = apply_overrides(config, overrides)
         pm, plugins = manager.build(entries, config.plugin_params)
         loop = prepare(config, pm, plugins, accelerator, tracker, download=download)
-        if tracker.wandb_run is not None:
-            tracker.wandb_run.config.update({"effective_lr": config.lr,
-                                             "global_batch_size": config.global_batch_size},
-                                            allow_val_change=True)
+        if resume_dir is not None:
+            accelerator.load_state(str(Path(resume_dir) / checkpoint.CHECKPOINT))
+        tracker.update_config({"effective_lr": config.lr, "global_batch_size": config.global_batch_size})
         enabled = show_progress and accelerator.is_main_process
-        final = fit(loop, lambda p: EpochBar(p, enabled=enabled))
+        with checkpoint.StopRequests() as loop.stop:
+            final = fit(loop, lambda p: EpochBar(p, enabled=enabled))
         status = "finished"
+    except Stopped as stop:
+        status, signum = stop.reason, stop.signum
+        if stop.reason == "interrupted":
+            loop.save_checkpoint()
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
-        summary = dict(final)
-        if loop is not None and loop.train_time > 0:
-            summary.update({"train/samples_per_s": loop.train_samples / loop.train_time,
-                            "train/time_s": loop.train_time, "updates": loop.progress.update,
-                            "epochs_done": loop.progress.epoch})
-            if loop.history:
-                summary["best/test/accuracy"] = max(m["test/accuracy"] for m in loop.history)
-        hint = tracker.finish(summary, status)
-    return RunResult(run_id, status, summary, str(tracker.record_dir), hint)
+        hint = tracker.finish(_summary(loop, final), status)
+    return RunResult(run_id, status, _summary(loop, final), str(tracker.record_dir), hint, signum)

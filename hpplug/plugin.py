@@ -137,12 +137,16 @@ class Progress:
 
 @dataclass
 class Batch:
-    """One batch on the device; transform hooks replace ``x`` (and may replace ``y``)."""
+    """One batch on the device; transform hooks replace ``x`` (and may replace ``y``).
+
+    ``index`` holds the samples' positions in the data set (train or test split).
+    """
 
     x: torch.Tensor
     y: torch.Tensor
     train: bool
     generator: torch.Generator | None = None
+    index: torch.Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 

@@ -67,17 +67,26 @@ class Tracker:
         self.record_dir = Path(output_dir) / run_id
         self.wandb_run: Any = None
         self._metrics = None
+        self._logged: set[tuple[int, tuple[str, ...]]] = set()
 
-    def start(self, project: str, config: dict[str, Any], group: str | None = None) -> None:
+    def start(self, project: str, config: dict[str, Any], resuming: bool = False) -> None:
+        """Open the record and the W&B run; a resumed run keeps both and their run id."""
         if not self.active:
             return
         self.record_dir.mkdir(parents=True, exist_ok=True)
-        (self.record_dir / "config.json").write_text(json.dumps(_jsonable(config), indent=2) + "\n")
-        self._metrics = open(self.record_dir / "metrics.jsonl", "a", buffering=1)
+        metrics = self.record_dir / "metrics.jsonl"
+        if resuming and metrics.exists():
+            # What was logged before the interruption is kept and not logged again.
+            for line in metrics.read_text().splitlines():
+                row = json.loads(line)
+                self._logged.add((row["step"], tuple(sorted(set(row) - {"step", "time"}))))
+        else:
+            (self.record_dir / "config.json").write_text(json.dumps(_jsonable(config), indent=2) + "\n")
+        self._metrics = open(metrics, "a", buffering=1)
         if self.mode != "disabled":
             os.environ.setdefault("WANDB_SILENT", "true")
             init = {"mode": self.mode, "id": self.run_id, "dir": str(self.record_dir.parent),
-                    "group": group, "resume": "allow"}
+                    "resume": "allow"}  # the group comes from WANDB_RUN_GROUP when set
             self.accelerator.init_trackers(project, config=_jsonable(config), init_kwargs={"wandb": init})
             self.wandb_run = self.accelerator.get_tracker("wandb", unwrap=True)
 
@@ -85,8 +94,13 @@ class Tracker:
         """What W&B says the config is: in a sweep, the sweep's values win over argv."""
         return dict(self.wandb_run.config) if self.wandb_run is not None else {}
 
+    def update_config(self, values: dict[str, Any]) -> None:
+        """Add values derived while building the run (the LR after a scaling rule)."""
+        if self.wandb_run is not None:
+            self.wandb_run.config.update(values, allow_val_change=True)
+
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        if not self.active:
+        if not self.active or (step, tuple(sorted(metrics))) in self._logged:
             return
         self._metrics.write(json.dumps({"step": step, "time": round(time.time(), 3), **_jsonable(metrics)}) + "\n")
         if self.wandb_run is not None:
@@ -102,8 +116,11 @@ class Tracker:
             self._metrics.close()
         hint = None
         if self.wandb_run is not None:
+            self.wandb_run.log({}, commit=True)  # flush the last row first: its values would win
             self.wandb_run.summary.update(summary)
             if self.mode == "offline":
                 hint = f"wandb sync {Path(self.wandb_run.dir).parent}"
-            self.wandb_run.finish(exit_code=0 if status == "finished" else 1)
+            if status == "interrupted":
+                self.wandb_run.mark_preempting()
+            self.wandb_run.finish(exit_code=0 if status in ("finished", "stopped") else 1)
         return hint
