@@ -183,7 +183,11 @@ def resumed_config(catalog: dict[str, Any], record_dir) -> tuple[RunConfig, list
 
 
 def report(result: Any) -> None:
-    """The run's last lines; an interrupted run exits 128 + the signal's number."""
+    """The run's last lines (main process only); an interrupted run exits 128 + the signal's number."""
+    if not result.is_main:
+        if result.status == "interrupted":
+            sys.exit(128 + (result.signum or 2))
+        return
     test = result.summary.get("test/accuracy")
     click.echo(f"run {result.run_id} {result.status}: test/accuracy "
                f"{'-' if test is None else f'{test:.4f}'}, "

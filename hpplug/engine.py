@@ -67,7 +67,8 @@ def check_launch(accelerator: Accelerator) -> None:
     if world > 1 and accelerator.num_processes == 1:
         raise HpplugError(
             f"launched as {world} processes (WORLD_SIZE={world}) but each trains alone as rank 0; "
-            f"without GPUs use: ACCELERATE_USE_CPU=1 torchrun --nproc_per_node {world} -m hpplug run ...")
+            f"without GPUs set ACCELERATE_USE_CPU=1 (ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+            f"--num_processes {world} -m hpplug run ..., or torchrun --nproc_per_node {world} -m hpplug run ...)")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -109,8 +110,8 @@ class LoopState:
         self.history, self.train_time = state["history"], state["train_time"]
         self.train_samples, self.epoch_time = state["train_samples"], state["epoch_time"]
         if self.is_main:
-            self.epoch_sums.copy_(torch.tensor(state["epoch_sums"]))
-            self.window.copy_(torch.tensor(state["window"]))
+            self.epoch_sums.copy_(torch.tensor(state["epoch_sums"], dtype=torch.float64))
+            self.window.copy_(torch.tensor(state["window"], dtype=torch.float64))
 
 
 @dataclass
@@ -326,6 +327,7 @@ class RunResult:
     record_dir: str
     sync_hint: str | None
     signum: int | None = None
+    is_main: bool = True
 
 
 def _broadcast(accelerator: Accelerator, value: Any) -> Any:
@@ -384,7 +386,8 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
         loop = prepare(config, pm, plugins, accelerator, tracker, download=download)
         if resume_dir is not None:
             accelerator.load_state(str(Path(resume_dir) / checkpoint.CHECKPOINT))
-        tracker.update_config({"effective_lr": config.lr, "global_batch_size": config.global_batch_size})
+        tracker.update_config({"effective_lr": config.lr, "global_batch_size": config.global_batch_size,
+                               "num_processes": config.num_processes})
         enabled = show_progress and accelerator.is_main_process
         with checkpoint.StopRequests() as loop.stop:
             final = fit(loop, lambda p: EpochBar(p, enabled=enabled))
@@ -398,4 +401,5 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
         raise
     finally:
         hint = tracker.finish(_summary(loop, final), status)
-    return RunResult(run_id, status, _summary(loop, final), str(tracker.record_dir), hint, signum)
+    return RunResult(run_id, status, _summary(loop, final), str(tracker.record_dir), hint, signum,
+                     accelerator.is_main_process)

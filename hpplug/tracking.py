@@ -56,6 +56,10 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _keys(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(sorted(set(row) - {"step", "time"}))
+
+
 class Tracker:
     """Logs to W&B (when enabled) and to the local record, on the main process only."""
 
@@ -75,12 +79,10 @@ class Tracker:
             return
         self.record_dir.mkdir(parents=True, exist_ok=True)
         metrics = self.record_dir / "metrics.jsonl"
-        if resuming and metrics.exists():
-            # What was logged before the interruption is kept and not logged again.
-            for line in metrics.read_text().splitlines():
-                row = json.loads(line)
-                self._logged.add((row["step"], tuple(sorted(set(row) - {"step", "time"}))))
-        else:
+        earlier = [json.loads(line) for line in metrics.read_text().splitlines()] if resuming and metrics.exists() else []
+        # What was logged before an interruption is kept and not logged again.
+        self._logged = {(row["step"], _keys(row)) for row in earlier}
+        if not resuming:
             (self.record_dir / "config.json").write_text(json.dumps(_jsonable(config), indent=2) + "\n")
         self._metrics = open(metrics, "a", buffering=1)
         if self.mode != "disabled":
@@ -89,6 +91,26 @@ class Tracker:
                     "resume": "allow"}  # the group comes from WANDB_RUN_GROUP when set
             self.accelerator.init_trackers(project, config=_jsonable(config), init_kwargs={"wandb": init})
             self.wandb_run = self.accelerator.get_tracker("wandb", unwrap=True)
+            self._replay(earlier)
+
+    def _replay(self, earlier: list[dict[str, Any]]) -> None:
+        """Send W&B the rows it lost when the process died (a killed process's W&B service
+        may not have flushed them; an offline file can even be empty). What W&B already
+        has is not sent again: online, the resumed run's step says; offline, its files."""
+        if not earlier:
+            return
+        known = self.wandb_run.step
+        if self.mode == "offline":
+            from hpplug.wandb_file import find_run_files, read_run
+
+            steps = [row["_step"] for path in find_run_files(self.record_dir.parent / "wandb")
+                     if path.name == f"run-{self.run_id}.wandb" and path.parent.name != "latest-run"
+                     for row in read_run(path).history]
+            known = max(steps, default=-1) + 1
+        for row in earlier:
+            if row["step"] >= known:
+                values = {k: v for k, v in row.items() if k not in ("step", "time")}
+                self.accelerator.log(values, step=row["step"])
 
     def wandb_config(self) -> dict[str, Any]:
         """What W&B says the config is: in a sweep, the sweep's values win over argv."""
@@ -100,7 +122,7 @@ class Tracker:
             self.wandb_run.config.update(values, allow_val_change=True)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        if not self.active or (step, tuple(sorted(metrics))) in self._logged:
+        if not self.active or (step, _keys(metrics)) in self._logged:
             return
         self._metrics.write(json.dumps({"step": step, "time": round(time.time(), 3), **_jsonable(metrics)}) + "\n")
         if self.wandb_run is not None:

@@ -1,0 +1,119 @@
+"""Two real CPU processes (gloo) under torchrun and under Accelerate's launcher.
+
+With the per-process batch halved, a two-process run must train on exactly the samples of
+the one-process run at every update, with the same LRs, one W&B run and one record.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hpplug.wandb_file import find_run_files, read_run
+
+DRIVER = str(Path(__file__).with_name("driver.py"))
+ARGS = ["run", "--plugin", "recorder", "--plugin", "cosine", "--plugin", "weight-decay", "--epochs", "2",
+        "--log-every", "1", "--checkpoint-every", "1epoch", "--wandb-mode", "offline"]
+N_TRAIN, N_TEST = 1437, 360  # the digits split
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(prefix: list[str], out: Path, batch_size: int, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HPPLUG_TEST_RECORD": str(out / "record"), **(extra_env or {})}
+    (out / "record").mkdir(parents=True)
+    return subprocess.run([*prefix, *ARGS, "--batch-size", str(batch_size), "--output-dir", str(out / "runs")],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def updates(out: Path) -> dict[int, list[int]]:
+    """The global sample indices of every update, all ranks together."""
+    merged: dict[int, list[int]] = {}
+    for path in sorted((out / "record").glob("rank*.jsonl")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            merged.setdefault(row["update"], []).extend(row["indices"])
+    return merged
+
+
+def record_of(out: Path) -> Path:
+    (record,) = [p for p in (out / "runs").iterdir() if p.name != "wandb"]
+    return record
+
+
+def lrs(record: Path) -> dict[int, float]:
+    rows = [json.loads(l) for l in (record / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["lr"] for r in rows if "test/accuracy" not in r}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    proc = launch([sys.executable, DRIVER], out, batch_size=64)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def check_two_ranks_match_one(out: Path, single: Path) -> None:
+    record = record_of(out)  # exactly one local record
+    (wandb_file,) = find_run_files(out / "runs" / "wandb")  # exactly one W&B run
+    run = read_run(wandb_file)
+    assert run.run_id == record.name and run.config["num_processes"] == 2
+    assert run.config["global_batch_size"] == 64
+    two, one = updates(out), updates(single)
+    assert len(list((out / "record").glob("rank*.jsonl"))) == 2
+    assert two.keys() == one.keys()
+    for update in one:  # every update trains on the same global samples
+        assert sorted(two[update]) == sorted(one[update])
+    per_epoch = 23  # ceil(1437 / 64)
+    for epoch in range(2):
+        seen = [i for u in range(epoch * per_epoch, (epoch + 1) * per_epoch) for i in two[u]]
+        assert sorted(seen) == list(range(N_TRAIN)), "each sample once per epoch across ranks"
+    assert lrs(record) == pytest.approx(lrs(record_of(single)), rel=1e-12)
+    epochs = [json.loads(l) for l in (record / "metrics.jsonl").read_text().splitlines() if "test/samples" in l]
+    assert [e["test/samples"] for e in epochs] == [N_TEST, N_TEST], "the whole test set, counted once"
+    a = load_file(record / "checkpoint" / "model.safetensors")
+    b = load_file(record_of(single) / "checkpoint" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a), "same gradients: same weights"
+
+
+def test_torchrun_two_processes_train_like_one(single, tmp_path):
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+              "--master_port", str(free_port()), DRIVER]
+    proc = launch(prefix, tmp_path, batch_size=32, extra_env={"ACCELERATE_USE_CPU": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("finished: test/accuracy") == 1, "one process reports"
+    check_two_ranks_match_one(tmp_path, single)
+
+
+def test_accelerate_launch_two_processes_train_like_one(single, tmp_path):
+    prefix = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port()), DRIVER]
+    proc = launch(prefix, tmp_path, batch_size=32, extra_env={"ACCELERATE_USE_CPU": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_two_ranks_match_one(tmp_path, single)
+
+
+def test_processes_that_each_think_they_are_rank_0_are_refused(tmp_path):
+    """``accelerate launch --multi_gpu`` without GPUs starts independent rank-0 runs."""
+    if torch.cuda.is_available():
+        pytest.skip("with GPUs this launch is right")
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "--main_process_port", str(free_port()), "-m", "hpplug", "run",
+                           "--output-dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert "each trains alone as rank 0" in proc.stderr and "ACCELERATE_USE_CPU=1" in proc.stderr
+    assert not any(tmp_path.iterdir()), "no run was started"
