@@ -133,3 +133,16 @@ def test_resume_is_exact_for_every_installed_plugin(plugin, hpplug_register, hpp
     config, entries = resumed_config(manager.discover(), cut)
     engine.run(config, entries, resume_dir=cut, show_progress=False)
     assert_same_run(cut, baseline)
+
+
+def test_a_preempted_sweep_trial_rerun_with_its_run_id_resumes(tmp_path):
+    """``wandb agent`` re-runs a preempted trial with the same argv and WANDB_RUN_ID."""
+    argv = ["run", "--plugin", "killer", "--epochs", "1", "--log-every", "1", "--checkpoint-every", "10",
+            "--wandb-mode", "disabled", "--output-dir", str(tmp_path)]
+    killed = hpplug(*argv, env={"WANDB_RUN_ID": "trial123", "HPPLUG_TEST_KILL_AT": "15"}, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    rerun = hpplug(*argv, env={"WANDB_RUN_ID": "trial123"})
+    assert "run trial123 finished" in rerun.stdout
+    steps = [row["step"] for row in rows(tmp_path / "trial123")]
+    assert steps[:23] == list(range(1, 24)), "every update logged once, the resumed ones included"
+    assert json.loads((tmp_path / "trial123" / "summary.json").read_text())["updates"] == 23
