@@ -76,7 +76,7 @@ def _plugin_options(catalog: dict[str, Any]) -> list[click.Option]:
         if entry.cls is None:
             continue
         for key, param in entry.cls.params.items():
-            default = "the run's length" if param.default is None else param.default
+            default = "unset" if param.default is None else param.default
             options.append(click.Option(
                 [f"--{name}.{key}", f"{name.replace('-', '_')}__{key}"], type=click.STRING, default=None,
                 metavar=param.type_name.upper(),
@@ -273,7 +273,7 @@ def cli() -> None:
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def plugins_command(as_json: bool) -> None:
-    """List installed plugins: kind, distribution, hooks, parameters, and load errors."""
+    """List plugins: status (active, disabled or the error), kind, distribution, hooks, parameters."""
     from hpplug.manager import DISABLE_AUTOLOAD_ENV, discover, third_party_disabled
 
     catalog = discover()
@@ -282,16 +282,20 @@ def plugins_command(as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
     if third_party_disabled():
-        click.echo(f"{DISABLE_AUTOLOAD_ENV} is set: third-party plugins are not loaded.\n")
+        click.echo(f"{DISABLE_AUTOLOAD_ENV} is set: only hpplug's own plugin packages are loaded.\n")
     for row in rows:
-        head = f"{row['name']}  [{row['kind']}]  {row['distribution']} {row['version']}"
-        click.echo(head + ("  ERROR: " + row["error"] if row["error"] else ""))
+        status = {"active": "active", "disabled": f"disabled ({DISABLE_AUTOLOAD_ENV})"}.get(
+            row["status"], f"ERROR: {row['error']}")
+        click.echo(f"{row['name']}  [{row['kind']}]  {row['distribution']} {row['version']}  {status}")
         if row["hooks"]:
             click.echo("    hooks: " + ", ".join(row["hooks"]))
         for p in row["params"]:
             click.echo(f"    --{row['name']}.{p['name']}  {p['type']} = {p['default']!r}  ({p['range']})  {p['help']}")
     if not rows:
         click.echo("No plugins installed: pip install hpplug's plugins/ packages or a third-party one.")
+        return
+    count = {s: sum(r["status"] == s for r in rows) for s in ("active", "disabled", "error")}
+    click.echo(f"\n{count['active']} active, {count['disabled']} disabled, {count['error']} with errors")
 
 
 def _describe(entry: Any) -> dict[str, Any]:
@@ -299,9 +303,10 @@ def _describe(entry: Any) -> dict[str, Any]:
     if entry.cls is not None:
         params = [{"name": k, "type": p.type_name, "default": p.default, "range": p.describe_range(),
                    "help": p.help} for k, p in entry.cls.params.items()]
-    return {"name": entry.name, "kind": entry.kind_name, "distribution": entry.distribution,
-            "version": entry.version, "builtin": entry.builtin, "hooks": entry.hooks, "params": params,
-            "slot": entry.cls.slot if entry.cls else None, "error": entry.error}
+    return {"name": entry.name, "status": entry.status, "kind": entry.kind_name,
+            "distribution": entry.distribution, "version": entry.version, "builtin": entry.builtin,
+            "hooks": entry.hooks, "params": params, "slot": entry.cls.slot if entry.cls else None,
+            "error": entry.error}
 
 
 def main(argv: list[str] | None = None) -> None:

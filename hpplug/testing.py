@@ -1,21 +1,45 @@
-"""pytest plugin shipped with hpplug (entry point ``pytest11``) for plugin authors.
+"""pytest plugin shipped with hpplug for plugin authors (entry point ``pytest11``).
+
+Installed with hpplug, it is active in every pytest run of that environment: a plugin
+package's tests use its fixtures without a ``conftest.py``. With
+``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` set, load it by its entry-point name: ``pytest -p hpplug``
+(not ``-p hpplug.testing`` or ``pytest_plugins = ["hpplug.testing"]``, which register it a
+second time under another name when autoload is on).
 
 Fixtures:
 
-- ``hpplug_register``: ``hpplug_register("name", MyPlugin)`` makes a plugin class usable
-  by name for the rest of the test, without installing a package; removed afterwards.
-- ``hpplug_train``: ``hpplug_train(["name", ...], epochs=1, **options)`` trains a tiny run
-  on the bundled ``digits`` data set in-process (W&B off unless ``wandb_mode`` is given)
-  and returns the :class:`hpplug.engine.RunResult`.
-- ``hpplug_cli``: ``hpplug_cli("run", "--plugin", "x")`` runs the real command line
-  in-process and returns ``(exit_code, stdout, stderr)``.
+- ``hpplug_register``: ``hpplug_register("name", MyPlugin)`` makes a ``Plugin`` subclass
+  usable under that name for the rest of the test, without installing a package, and
+  removes it afterwards. It wins over an installed plugin of the same name, so a package's
+  tests exercise the class in its source tree. It runs the same checks as discovery
+  (hook names and arguments, ``params``, ``requires_hpplug``) and raises
+  ``hpplug.HpplugError`` at once when one fails.
+- ``hpplug_train``: ``hpplug_train(["name", ...], params={"name": {"p": 0.5}}, **options)``
+  trains a tiny run in-process on the bundled ``digits`` data set (1 epoch, W&B disabled,
+  everything written under the test's ``tmp_path``) and returns its
+  :class:`hpplug.engine.RunResult`: ``status``, ``summary`` (the last epoch's metrics,
+  e.g. ``summary["lr"]``, ``summary["test/accuracy"]``) and ``record_dir``. ``options`` are
+  ``hpplug run``'s options with underscores (``epochs=2``, ``batch_size=32``, ``lr=0.05``).
+  Bad plugin names or values raise ``hpplug.HpplugError`` with the CLI's message.
+- ``hpplug_cli``: ``hpplug_cli("run", "--plugin", "name", "--epochs", "1")`` runs the real
+  command line in-process and returns ``(exit_code, stdout, stderr)``.
+
+:func:`read_metrics` returns every line a run logged (``step``, ``train/loss``, ``lr``, ...).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
+
+def read_metrics(result: Any) -> list[dict[str, Any]]:
+    """The metrics a run logged, in order, from its local record (``metrics.jsonl``)."""
+    lines = (Path(result.record_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 @pytest.fixture
@@ -51,7 +75,7 @@ def hpplug_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, s
 
 
 @pytest.fixture
-def hpplug_train(tmp_path: Any) -> Callable[..., Any]:
+def hpplug_train(tmp_path: Path) -> Callable[..., Any]:
     from hpplug import engine, manager
     from hpplug.cli import build_config
 
