@@ -2,8 +2,9 @@
 
 __version__ = "0.1.0"
 
+from hpplug.config import RunConfig  # noqa: E402
 from hpplug.errors import HpplugError  # noqa: E402
 from hpplug.hookspecs import hookimpl  # noqa: E402
 from hpplug.plugin import Batch, Param, Plugin, Progress  # noqa: E402
 
-__all__ = ["Batch", "HpplugError", "Param", "Plugin", "Progress", "__version__", "hookimpl"]
+__all__ = ["Batch", "HpplugError", "Param", "Plugin", "Progress", "RunConfig", "__version__", "hookimpl"]

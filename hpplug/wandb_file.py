@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -110,8 +111,21 @@ def _merge(target: dict[str, Any], rec: pb.ConfigRecord | pb.SummaryRecord) -> N
         target.pop(_key(item), None)
 
 
-def read_run(path: str | Path) -> WandbRun:
-    """Replay a ``.wandb`` file into config, history, summary and exit status."""
+def read_run(path: str | Path, wait: float = 0.0) -> WandbRun:
+    """Replay a ``.wandb`` file into config, history, summary and exit status.
+
+    W&B's service may still be writing the file when the run's process has returned from
+    ``finish()``; ``wait`` seconds are spent waiting for its exit record.
+    """
+    deadline = time.monotonic() + wait
+    run = _replay(path)
+    while run.exit_code is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        run = _replay(path)
+    return run
+
+
+def _replay(path: str | Path) -> WandbRun:
     run = WandbRun()
     for rec in read_records(path):
         kind = rec.WhichOneof("record_type")

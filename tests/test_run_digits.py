@@ -21,7 +21,7 @@ def digits_run(tmp_path_factory):
     assert exit_info.value.code == 0
     (record,) = [p for p in out.iterdir() if p.name != "wandb"]
     (wandb_file,) = find_run_files(out / "wandb")
-    return record, read_run(wandb_file)
+    return record, read_run(wandb_file, wait=30)
 
 
 def test_local_record_holds_config_metrics_and_summary(digits_run):
