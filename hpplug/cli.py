@@ -253,7 +253,7 @@ class HpplugCLI(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name == "run":
-            from hpplug.manager import discover
+            from hpplug.discovery import discover
 
             return run_command(discover())
         if name in LAZY_COMMANDS:
@@ -274,7 +274,7 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def plugins_command(as_json: bool) -> None:
     """List plugins: status (active, disabled or the error), kind, distribution, hooks, parameters."""
-    from hpplug.manager import DISABLE_AUTOLOAD_ENV, discover, third_party_disabled
+    from hpplug.discovery import DISABLE_AUTOLOAD_ENV, discover, third_party_disabled
 
     catalog = discover()
     rows = [_describe(entry) for entry in sorted(catalog.values(), key=lambda e: (e.kind_name, e.name))]

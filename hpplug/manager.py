@@ -1,273 +1,30 @@
-"""Finding, checking and choosing plugins. What happens, in order:
+"""Building a run's pluggy ``PluginManager``: :func:`resolve` the ``--plugin`` names and
+check their slots, :func:`parse_values` their parameters, :func:`build` and register them in
+command-line order. Every failure is a one-line :class:`~hpplug.errors.HpplugError`.
 
-1. :func:`discover` lists the entry points of group ``hpplug`` (``importlib.metadata``)
-   *before* importing anything, then imports and checks each plugin on its own. Whatever
-   goes wrong with one plugin (a name two distributions claim, a too old hpplug, an
-   import error, a hook name that matches no hookspec, a bad ``Param``) becomes a
-   one-line ``error`` on its :class:`PluginEntry`; it is never raised, so one broken
-   package cannot take ``hpplug plugins`` or anyone's ``hpplug run`` down.
-2. :func:`resolve` turns the names given to ``hpplug run --plugin`` into entries and
-   raises :class:`~hpplug.errors.HpplugError` (one line, exit code 2) for a name that is
-   unknown, broken or disabled, or for two plugins that claim the same slot.
-3. :func:`parse_values` validates the plugins' parameters; :func:`build` instantiates
-   the chosen classes and registers them with pluggy in command-line order.
-
-``HPPLUG_DISABLE_PLUGIN_AUTOLOAD=1`` (like pytest's ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``)
-imports only hpplug's own plugin packages; the others are listed as ``disabled``.
+Finding and checking installed plugins is :mod:`hpplug.discovery`; its public names are
+re-exported here, so ``manager.discover`` and the like keep working.
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
-import os
-import re
-from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 import pluggy
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import canonicalize_name
 
-from hpplug import __version__, hookspecs
+from hpplug import hookspecs
+from hpplug.discovery import (BUILTIN_DISTRIBUTIONS, DISABLE_AUTOLOAD_ENV, GROUP, HOOKS, LOCAL_DISTRIBUTION,
+                              NAME_PATTERN, PluginEntry, check_class, discover, register_local,
+                              third_party_disabled, unregister_local)
 from hpplug.errors import HpplugError
-from hpplug.plugin import Param, Plugin
+from hpplug.plugin import Plugin
 
-GROUP = "hpplug"
-BUILTIN_DISTRIBUTIONS = frozenset(
-    {"hpplug-schedulers", "hpplug-regularizers", "hpplug-augment", "hpplug-batch"}
-)
-DISABLE_AUTOLOAD_ENV = "HPPLUG_DISABLE_PLUGIN_AUTOLOAD"
-LOCAL_DISTRIBUTION = "<in-process>"
-# Plugin names go on the command line (--plugin NAME, --NAME.param) and into W&B keys.
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-# Every hook hpplug calls: name -> the arguments it passes.
-HOOKS = {
-    name: tuple(inspect.signature(spec).parameters)
-    for name, spec in vars(hookspecs).items()
-    if name.startswith("hpplug_") and hasattr(spec, "hpplug_spec")
-}
-
-# Plugins registered in-process (tests, notebooks) by ``register_local``: name -> class.
-_local: dict[str, type[Plugin]] = {}
-
-
-@dataclass
-class PluginEntry:
-    """One plugin name: where it comes from, and its class or why it cannot be used.
-
-    ``status`` is ``active`` (loaded and checked: usable), ``disabled`` (not imported
-    because third-party autoload is off) or ``error`` (``error`` says why, in one line).
-    """
-
-    name: str
-    distribution: str
-    version: str
-    target: str  # "module:Class", as the entry point names it
-    cls: type[Plugin] | None = None  # set only when every check passed
-    error: str | None = None
-    disabled: bool = False
-
-    @property
-    def status(self) -> str:
-        if self.disabled:
-            return "disabled"
-        return "active" if self.cls is not None and self.error is None else "error"
-
-    @property
-    def active(self) -> bool:
-        return self.status == "active"
-
-    @property
-    def builtin(self) -> bool:
-        return self.distribution in BUILTIN_DISTRIBUTIONS
-
-    @property
-    def kind_name(self) -> str:
-        return self.cls.kind if self.cls is not None else "?"
-
-    @property
-    def hooks(self) -> list[str]:
-        return sorted(set(_implementations(self.cls).values())) if self.cls is not None else []
-
-
-def third_party_disabled() -> bool:
-    return os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no")
-
-
-# --- discovery ------------------------------------------------------------------------
-
-
-def discover() -> dict[str, PluginEntry]:
-    """Every plugin installed or registered in-process, keyed by plugin name; never raises."""
-    by_name: dict[str, list[metadata.EntryPoint]] = {}
-    for ep in metadata.entry_points(group=GROUP):
-        by_name.setdefault(ep.name, []).append(ep)
-    entries = {name: _load_entry(name, eps) for name, eps in by_name.items()}
-    # In-process registrations win over installed packages: a package's own tests use
-    # the class in its source tree even while an older release is installed.
-    for name, cls in _local.items():
-        entries[name] = PluginEntry(name, LOCAL_DISTRIBUTION, __version__, _target(cls), cls=cls)
-    return entries
-
-
-def _load_entry(name: str, eps: list[metadata.EntryPoint]) -> PluginEntry:
-    """Check what can be checked before importing (name, duplicates), then import and check."""
-    if third_party_disabled():  # a built-in keeps its name even if a disabled package reuses it
-        eps = [ep for ep in eps if _dist_name(ep) in BUILTIN_DISTRIBUTIONS] or eps
-    eps = sorted(eps, key=_dist_name)
-    ep = eps[0]
-    entry = PluginEntry(name, _dist_name(ep), ep.dist.version if ep.dist else "?", ep.value)
-    if third_party_disabled() and not entry.builtin:
-        entry.disabled = True
-    elif not NAME_PATTERN.match(name):
-        entry.error = f"{name!r} is not a valid plugin name: use lowercase letters, digits and hyphens"
-    elif len(eps) > 1:
-        dists = " and ".join(_dist_name(e) for e in eps)
-        entry.error = f"{len(eps)} distributions register a plugin named {name!r}: {dists}; uninstall all but one"
-    else:
-        try:
-            entry.cls = _import_checked(ep)
-        except Exception as exc:  # noqa: BLE001 - every failure is reported, never raised
-            entry.error = _one_line(exc)
-    return entry
-
-
-def _import_checked(ep: metadata.EntryPoint) -> type[Plugin]:
-    _check_requirement(ep.dist)  # first: a plugin made for another hpplug is not even imported
-    try:
-        cls = ep.load()
-    except (Exception, SystemExit) as exc:  # anything a plugin's import can raise
-        raise HpplugError(f"import of {ep.value} failed: {_one_line(exc)}") from None
-    check_class(cls)
-    return cls
-
-
-def _dist_name(ep: metadata.EntryPoint) -> str:
-    return ep.dist.name if ep.dist else "?"
-
-
-def _target(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _one_line(exc: BaseException) -> str:
-    """The message on one line; prefixed with the exception type unless it is ours."""
-    text = " ".join(str(exc).split())[:400]
-    return text if isinstance(exc, HpplugError) else f"{type(exc).__name__}: {text}"
-
-
-# --- checks: each raises HpplugError with a message that says what would be right -----
-
-
-def _check_requirement(dist: metadata.Distribution | None) -> None:
-    """The ``hpplug`` version the distribution's own metadata asks for (``Requires-Dist``)."""
-    for line in (dist.requires or []) if dist else []:
-        try:
-            req = Requirement(line)
-        except InvalidRequirement:
-            continue
-        if canonicalize_name(req.name) != "hpplug" or (req.marker and not req.marker.evaluate({"extra": ""})):
-            continue
-        if not req.specifier.contains(__version__, prereleases=True):
-            raise HpplugError(f"{dist.name} {dist.version} needs hpplug{req.specifier}, but hpplug {__version__} "
-                              f"is installed: upgrade hpplug (pip install -U hpplug) or install an older {dist.name}")
-
-
-def check_class(cls: Any) -> None:
-    """Everything hpplug can check about a plugin class without running it."""
-    if not (isinstance(cls, type) and issubclass(cls, Plugin)):
-        raise HpplugError(f"{getattr(cls, '__qualname__', repr(cls))} is not a subclass of hpplug.Plugin")
-    _check_requires_hpplug(cls)
-    _check_params(cls)
-    _check_hooks(cls)
-
-
-def _check_requires_hpplug(cls: type[Plugin]) -> None:
-    if not cls.requires_hpplug:
-        return
-    try:
-        ok = SpecifierSet(cls.requires_hpplug).contains(__version__, prereleases=True)
-    except InvalidSpecifier:
-        raise HpplugError(f"{cls.__name__}.requires_hpplug {cls.requires_hpplug!r} is not a version "
-                          "specifier such as '>=0.1'") from None
-    if not ok:
-        raise HpplugError(f"{cls.__name__} needs hpplug{cls.requires_hpplug} (requires_hpplug), but hpplug "
-                          f"{__version__} is installed: upgrade hpplug (pip install -U hpplug) or install an "
-                          "older release of the plugin")
-
-
-def _check_params(cls: type[Plugin]) -> None:
-    if not isinstance(cls.params, dict):
-        raise HpplugError(f"{cls.__name__}.params must be a dict of name -> hpplug.Param")
-    for key, param in cls.params.items():
-        if not (isinstance(key, str) and key.isidentifier()):
-            raise HpplugError(f"{cls.__name__}.params: {key!r} is not a valid parameter name (a Python identifier)")
-        if not isinstance(param, Param):
-            raise HpplugError(f"{cls.__name__}.params[{key!r}] is a {type(param).__name__}, not an hpplug.Param")
-        try:
-            param.parse(param.default)
-        except (TypeError, ValueError) as exc:
-            raise HpplugError(f"{cls.__name__}.params[{key!r}]: the default {param.default!r} is invalid: {exc}") from None
-
-
-def _implementations(cls: type) -> dict[str, str]:
-    """``{method name: hook name}`` for every method marked ``@hookimpl``."""
-    parser = pluggy.PluginManager("hpplug")
-    found = {}
-    for attr in dir(cls):
-        opts = parser.parse_hookimpl_opts(cls, attr)
-        if opts is not None:
-            found[attr] = opts.get("specname") or attr
-    return found
-
-
-def _check_hooks(cls: type[Plugin]) -> None:
-    """Catch the usual mistakes: a misspelled hook, a forgotten marker, a wrong argument."""
-    impls = _implementations(cls)
-    for attr in dir(cls):
-        if attr.startswith("hpplug_") and attr not in impls and callable(getattr(cls, attr)):
-            raise HpplugError(f"{cls.__name__}.{attr} is not marked @hpplug.hookimpl, so it would never be called")
-    for attr, hook in impls.items():
-        if hook not in HOOKS:
-            close = difflib.get_close_matches(hook, HOOKS, n=1)
-            hint = f"did you mean {close[0]}?" if close else "the hooks are listed in docs/plugins.md"
-            raise HpplugError(f"{cls.__name__}.{attr} matches no hpplug hookspec: {hint}")
-        args = [a for i, a in enumerate(inspect.signature(getattr(cls, attr)).parameters) if (i, a) != (0, "self")]
-        unknown = [a for a in args if a not in HOOKS[hook]]
-        if unknown:
-            raise HpplugError(f"{cls.__name__}.{attr} takes {', '.join(unknown)}, which {hook} does not pass; "
-                              f"it passes: {', '.join(HOOKS[hook])}")
-    try:  # pluggy's own validation, for anything the checks above do not cover
-        new_plugin_manager().register(cls)
-    except pluggy.PluginValidationError as exc:
-        raise HpplugError(" ".join(str(exc).split())) from None
-
-
-# --- in-process registration (tests, notebooks) --------------------------------------
-
-
-def register_local(name: str, cls: type[Plugin]) -> None:
-    """Make ``cls`` usable as plugin ``name`` without an installed package.
-
-    Raises :class:`HpplugError` at once if the class would fail discovery's checks.
-    """
-    if not NAME_PATTERN.match(name):
-        raise HpplugError(f"plugin name {name!r}: use lowercase letters, digits and hyphens, e.g. 'my-plugin'")
-    try:
-        check_class(cls)
-    except HpplugError as exc:
-        raise HpplugError(f"plugin {name!r} cannot be registered: {exc}") from None
-    _local[name] = cls
-
-
-def unregister_local(name: str) -> None:
-    _local.pop(name, None)
-
-
-# --- selection and construction ------------------------------------------------------
+__all__ = [
+    "new_plugin_manager", "resolve", "check_slots", "build", "parse_values",
+    # re-exported from hpplug.discovery
+    "BUILTIN_DISTRIBUTIONS", "DISABLE_AUTOLOAD_ENV", "GROUP", "HOOKS", "LOCAL_DISTRIBUTION", "NAME_PATTERN",
+    "PluginEntry", "check_class", "discover", "register_local", "third_party_disabled", "unregister_local",
+]
 
 
 def new_plugin_manager() -> pluggy.PluginManager:

@@ -16,7 +16,7 @@ import click
 
 from hpplug import __version__
 from hpplug.errors import HpplugError
-from hpplug.manager import GROUP, NAME_PATTERN
+from hpplug.discovery import GROUP, NAME_PATTERN
 
 PYPROJECT = Template('''\
 [build-system]

@@ -44,17 +44,17 @@ def read_metrics(result: Any) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def hpplug_register() -> Any:
-    from hpplug import manager
+    from hpplug import discovery
 
     names: list[str] = []
 
     def register(name: str, cls: type) -> None:
-        manager.register_local(name, cls)
+        discovery.register_local(name, cls)
         names.append(name)
 
     yield register
     for name in names:
-        manager.unregister_local(name)
+        discovery.unregister_local(name)
 
 
 @pytest.fixture
@@ -76,14 +76,14 @@ def hpplug_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, s
 
 @pytest.fixture
 def hpplug_train(tmp_path: Path) -> Callable[..., Any]:
-    from hpplug import engine, manager
+    from hpplug import discovery, engine
     from hpplug.cli import build_config
 
     def train(plugins: list[str] | tuple[str, ...] = (), params: dict[str, dict[str, Any]] | None = None,
               **options: Any) -> engine.RunResult:
         core = {"epochs": 1, "wandb_mode": "disabled", "output_dir": str(tmp_path / "runs"),
                 "data_root": str(tmp_path / "data"), **options}
-        config, entries = build_config(manager.discover(), list(plugins), params or {}, core)
+        config, entries = build_config(discovery.discover(), list(plugins), params or {}, core)
         return engine.run(config, entries, show_progress=False)
 
     return train

@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-from hpplug import Plugin, hookimpl, manager
+from hpplug import Plugin, discovery, hookimpl
 from hpplug.cli import main
 
 
@@ -49,6 +49,6 @@ class Recorder(Plugin):
 
 
 if __name__ == "__main__":
-    manager.register_local("killer", Killer)
-    manager.register_local("recorder", Recorder)
+    discovery.register_local("killer", Killer)
+    discovery.register_local("recorder", Recorder)
     main(sys.argv[1:])

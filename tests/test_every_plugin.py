@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from hpplug import manager
+from hpplug import discovery
 from hpplug.plugin import Plugin
 
-CATALOG = {n: e for n, e in manager.discover().items() if e.cls is not None}
+CATALOG = {n: e for n, e in discovery.discover().items() if e.cls is not None}
 
 
 @pytest.fixture(params=sorted(CATALOG))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from hpplug import HpplugError, Param, Plugin, hookimpl, manager
-from hpplug.manager import LOCAL_DISTRIBUTION, PluginEntry
+from hpplug import HpplugError, Param, Plugin, discovery, hookimpl, manager
+from hpplug.discovery import LOCAL_DISTRIBUTION, PluginEntry
 
 
 class Typo(Plugin):
@@ -59,7 +59,7 @@ def test_register_refuses_a_broken_class_at_once(hpplug_register, cls, message) 
     text = str(info.value)
     assert text.startswith("plugin 'broken' cannot be registered: ") and message in text
     assert "\n" not in text
-    assert "broken" not in manager.discover()
+    assert "broken" not in discovery.discover()
 
 
 @pytest.mark.parametrize("name", ["Noise", "my_noise", "-noise", "noise.x", "2x", ""])
@@ -79,31 +79,31 @@ def test_hooks_may_take_a_subset_of_the_arguments_or_another_name(hpplug_registe
             return {"subset/seen": 1.0}
 
     hpplug_register("subset", Subset)
-    entry = manager.discover()["subset"]
+    entry = discovery.discover()["subset"]
     assert entry.active and entry.hooks == ["hpplug_epoch_end", "hpplug_lr_factor"]
 
 
 def test_an_in_process_plugin_wins_over_an_installed_one_until_removed() -> None:
-    installed = manager.discover()["cosine"]
+    installed = discovery.discover()["cosine"]
     assert installed.active and installed.distribution == "hpplug-schedulers"
 
     class MyCosine(Plugin):
         pass
 
-    manager.register_local("cosine", MyCosine)
+    discovery.register_local("cosine", MyCosine)
     try:
-        local = manager.discover()["cosine"]
+        local = discovery.discover()["cosine"]
         assert (local.cls, local.distribution, local.status) == (MyCosine, LOCAL_DISTRIBUTION, "active")
     finally:
-        manager.unregister_local("cosine")
-    assert manager.discover()["cosine"].distribution == "hpplug-schedulers"
+        discovery.unregister_local("cosine")
+    assert discovery.discover()["cosine"].distribution == "hpplug-schedulers"
 
 
 def test_a_prerelease_of_hpplug_satisfies_a_plain_minimum(hpplug_register, monkeypatch) -> None:
     class NeedsOld(Plugin):
         requires_hpplug = ">=0.1"
 
-    monkeypatch.setattr(manager, "__version__", "0.2.0.dev1")
+    monkeypatch.setattr(discovery, "__version__", "0.2.0.dev1")
     hpplug_register("needs-old", NeedsOld)
 
 
@@ -127,5 +127,5 @@ def test_resolve_says_why_a_plugin_cannot_be_used() -> None:
 @pytest.mark.parametrize(("value", "disabled"), [("1", True), ("true", True), ("yes", True),
                                                  ("", False), ("0", False), ("false", False)])
 def test_the_autoload_switch_reads_like_pytests(monkeypatch, value, disabled) -> None:
-    monkeypatch.setenv(manager.DISABLE_AUTOLOAD_ENV, value)
-    assert manager.third_party_disabled() is disabled
+    monkeypatch.setenv(discovery.DISABLE_AUTOLOAD_ENV, value)
+    assert discovery.third_party_disabled() is disabled

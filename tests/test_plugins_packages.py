@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from hpplug import __version__
-from hpplug.manager import BUILTIN_DISTRIBUTIONS, DISABLE_AUTOLOAD_ENV
+from hpplug.discovery import BUILTIN_DISTRIBUTIONS, DISABLE_AUTOLOAD_ENV
 
 OFF = {DISABLE_AUTOLOAD_ENV: "1"}
 # Build with this environment's setuptools when it has one (fast, offline); else let pip fetch it.
@@ -110,7 +110,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 DRIVER = '''
 import contextlib, io, json, os, sys
-from hpplug import manager
+from hpplug import discovery
 from hpplug.cli import main
 
 cases = json.loads(open(sys.argv[1]).read())
@@ -126,7 +126,7 @@ for name, (env, argv) in cases.items():
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
-    status = {n: e.status for n, e in manager.discover().items()}
+    status = {n: e.status for n, e in discovery.discover().items()}
     results[name] = {"code": code, "out": out.getvalue(), "err": err.getvalue(), "status": status}
 open(sys.argv[2], "w").write(json.dumps(results))
 '''

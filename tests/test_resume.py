@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hpplug import Plugin, hookimpl, manager
+from hpplug import Plugin, discovery, hookimpl
 from hpplug.wandb_file import find_run_files, read_run
 
 DRIVER = str(Path(__file__).with_name("driver.py"))
@@ -112,7 +112,7 @@ class CrashAt(Plugin):
 
 
 def _every_plugin() -> list[str]:
-    return sorted(n for n, e in manager.discover().items() if e.cls is not None and e.distribution != "<in-process>")
+    return sorted(n for n, e in discovery.discover().items() if e.cls is not None and e.distribution != "<in-process>")
 
 
 @pytest.mark.parametrize("plugin", _every_plugin())
@@ -130,7 +130,7 @@ def test_resume_is_exact_for_every_installed_plugin(plugin, hpplug_register, hpp
     from hpplug import engine
     from hpplug.cli import resumed_config
 
-    config, entries = resumed_config(manager.discover(), cut)
+    config, entries = resumed_config(discovery.discover(), cut)
     engine.run(config, entries, resume_dir=cut, show_progress=False)
     assert_same_run(cut, baseline)
 
