@@ -22,10 +22,12 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 class EpochBar:
-    """One epoch's progress: updates done, loss and LR; a summary line when it ends."""
+    """One epoch's progress: samples done and per second, loss and LR; a line when it ends."""
 
-    def __init__(self, progress: Progress, enabled: bool = True, stream: Any = None) -> None:
+    def __init__(self, progress: Progress, samples_per_update: int = 1, enabled: bool = True,
+                 stream: Any = None) -> None:
         self.progress = progress
+        self.samples_per_update = samples_per_update
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.bar: tqdm | None = None
@@ -34,8 +36,8 @@ class EpochBar:
         p = self.progress
         if self.enabled and self.stream.isatty():
             self.bar = tqdm(total=p.updates_per_epoch, initial=p.update - p.epoch * p.updates_per_epoch,
-                            desc=f"epoch {p.epoch + 1}/{p.epochs}", unit="upd", file=self.stream,
-                            leave=False, dynamic_ncols=True)
+                            desc=f"epoch {p.epoch + 1}/{p.epochs}", unit="sample", unit_scale=self.samples_per_update,
+                            file=self.stream, leave=False, dynamic_ncols=True)
         return self
 
     def update(self, n: int) -> None:

@@ -346,7 +346,8 @@ def wandb_config(config: RunConfig, entries: list[Any]) -> dict[str, Any]:
 
 
 def _summary(loop: Loop | None, final: dict[str, Any]) -> dict[str, Any]:
-    summary = dict(final)
+    """Final values: the last epoch's metrics (also when stopped mid-epoch) and run totals."""
+    summary = dict(final or (loop.state.history[-1] if loop is not None and loop.state.history else {}))
     if loop is not None:
         s = loop.state
         summary.update({"updates": s.progress.update, "epochs_done": s.progress.epoch})
@@ -390,7 +391,7 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
                                "num_processes": config.num_processes})
         enabled = show_progress and accelerator.is_main_process
         with checkpoint.StopRequests() as loop.stop:
-            final = fit(loop, lambda p: EpochBar(p, enabled=enabled))
+            final = fit(loop, lambda p: EpochBar(p, config.global_batch_size, enabled=enabled))
         status = "finished"
     except Stopped as stop:
         status, signum = stop.reason, stop.signum
