@@ -46,7 +46,7 @@ CORE_OPTIONS: list[tuple[str, Any, str]] = [
     ("checkpoint_every", click.STRING, "Checkpoint every N updates (200, 200updates) or epochs (1epoch)."),
     ("eval_batch_size", click.IntRange(1), "Batch size for evaluation."),
 ]
-_OPTION_TYPES = {name: ctype for name, ctype, _ in CORE_OPTIONS}
+OPTION_TYPES = {name: ctype for name, ctype, _ in CORE_OPTIONS}
 
 
 def _core_option(name: str, ctype: Any, help: str) -> click.Option:
@@ -131,9 +131,9 @@ def sweep_overrides(catalog: dict[str, Any]):
         core = {f.name: getattr(config, f.name) for f in fields(RunConfig)
                 if f.name not in ("plugins", "plugin_params", "num_processes")}
         for key, value in values.items():
-            if key in _OPTION_TYPES and value is not None and value != core[key]:
+            if key in OPTION_TYPES and value is not None and value != core[key]:
                 try:
-                    core[key] = _OPTION_TYPES[key].convert(value, None, None)
+                    core[key] = OPTION_TYPES[key].convert(value, None, None)
                 except click.BadParameter as exc:
                     raise HpplugError(f"W&B config {key}={value!r}: {exc.message}") from None
         plugins = values.get("plugin", values.get("plugins", config.plugins))

@@ -383,6 +383,7 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
         if apply_overrides is not None and resume_dir is None:
             overrides = _broadcast(accelerator, tracker.wandb_config())
             config, entries = apply_overrides(config, overrides)
+            tracker.write_config(wandb_config(config, entries))
         pm, plugins = manager.build(entries, config.plugin_params)
         loop = prepare(config, pm, plugins, accelerator, tracker, download=download)
         if resume_dir is not None:

@@ -83,7 +83,7 @@ class Tracker:
         # What was logged before an interruption is kept and not logged again.
         self._logged = {(row["step"], _keys(row)) for row in earlier}
         if not resuming:
-            (self.record_dir / "config.json").write_text(json.dumps(_jsonable(config), indent=2) + "\n")
+            self.write_config(config)
         self._metrics = open(metrics, "a", buffering=1)
         if self.mode != "disabled":
             os.environ.setdefault("WANDB_SILENT", "true")
@@ -111,6 +111,11 @@ class Tracker:
             if row["step"] >= known:
                 values = {k: v for k, v in row.items() if k not in ("step", "time")}
                 self.accelerator.log(values, step=row["step"])
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """The record's config.json: rewritten once a sweep's values have been applied."""
+        if self.active:
+            (self.record_dir / "config.json").write_text(json.dumps(_jsonable(config), indent=2) + "\n")
 
     def wandb_config(self) -> dict[str, Any]:
         """What W&B says the config is: in a sweep, the sweep's values win over argv."""

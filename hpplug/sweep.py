@@ -1,0 +1,124 @@
+"""``hpplug sweep``: run a W&B sweep YAML on this machine with W&B's own sweep engine.
+
+W&B runs sweeps only against its server; this runs the same YAML offline. The engine is
+W&B's open-source ``sweeps`` package (grid, random and Bayesian search, hyperband early
+termination); each trial is the command ``wandb agent`` would run (same ``command:``, same
+macro expansion) as a normal ``hpplug run``, tracked in W&B (offline without credentials)
+in the group ``<sweep id>``. Modules: ``sweep_spec`` (YAML checks and command lines),
+``sweep_template``, ``sweep_runner`` and ``sweep_trials`` (the loop and its processes),
+``sweep_report`` (table, best command, summary.json, plot).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hpplug.errors import HpplugError
+from hpplug.sweep_spec import SweepSpec, expand_command, trial_values
+
+
+
+def require_engine() -> None:
+    """W&B's sweep engine, at a version that works (0.2 drops run history under pydantic 2)."""
+    try:
+        import sweeps
+    except ImportError:
+        raise HpplugError("hpplug sweep needs W&B's sweep engine: pip install 'sweeps>=0.3' matplotlib") from None
+    from packaging.version import Version
+
+    if Version(sweeps.__version__) < Version("0.3"):
+        raise HpplugError(f"sweeps {sweeps.__version__} is installed; hpplug sweep needs sweeps>=0.3 "
+                          "(0.2 loses run history under pydantic 2): pip install -U 'sweeps>=0.3'")
+
+
+def check(path: str | Path, catalog: dict[str, Any]) -> SweepSpec:
+    """Load and check a sweep YAML; print every problem and exit 2 when there are any."""
+    from hpplug import sweep_spec
+
+    spec, found = sweep_spec.load(path)
+    if spec is not None:
+        found = sweep_spec.problems(spec, catalog)
+    if found:
+        click.echo(f"Error: {path} cannot run as a sweep ({len(found)} problem{'s' * (len(found) > 1)}):", err=True)
+        for problem in found:
+            click.echo(f"  - {problem}", err=True)
+        sys.exit(2)
+    for warning in sweep_spec.warnings_for(spec):
+        click.echo(f"Warning: {warning}", err=True)
+    return spec
+
+
+@click.command("sweep", context_settings={"max_content_width": 100})
+@click.argument("yaml_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--count", type=click.IntRange(1), help="Start at most N new trials now (like wandb agent --count).")
+@click.option("--parallel", type=click.IntRange(1), default=1, show_default=True, help="Trials run at once.")
+@click.option("--dir", "sweep_dir", type=click.Path(file_okay=False),
+              help="Sweep folder [default: sweeps-runs/<sweep id>, the id from the YAML's path and content].")
+@click.option("--wandb-mode", type=click.Choice(["online", "offline", "disabled"]),
+              help="W&B mode of the trials [default: online with credentials, else offline].")
+@click.option("--seed", help="Seed of the random and Bayesian suggestions [default: the sweep id].")
+@click.option("--dry-run", is_flag=True, help="Check the YAML and show the next trial's command; run nothing.")
+@click.option("--template", is_flag=True, help="Write a starting YAML from the plugins' declared parameters.")
+@click.option("--plugin", "-p", "plugins", multiple=True, metavar="NAME", help="With --template: a plugin to include.")
+@click.option("--method", type=click.Choice(["bayes", "random", "grid"]), default="bayes", show_default=True,
+              help="With --template: the search method.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="With --template: write to FILE, not stdout.")
+def sweep_command(yaml_file: str | None, count: int | None, parallel: int, sweep_dir: str | None,
+                  wandb_mode: str | None, seed: str | None, dry_run: bool, template: bool,
+                  plugins: tuple[str, ...], method: str, output: str | None) -> None:
+    """Run a W&B sweep YAML on this machine, with W&B's own sweep engine.
+
+    Grid, random and Bayesian search, run_cap, metric.target and hyperband early
+    termination, as the W&B server would run them; each trial is a normal hpplug run,
+    tracked in W&B (offline without credentials) in the group <sweep id>. Run the same
+    command again to continue an interrupted sweep. The same YAML works with
+    `wandb sweep` + `wandb agent`.
+    """
+    from hpplug.cli import split_plugin_names
+    from hpplug.manager import discover
+    from hpplug import sweep_report, sweep_template
+    from hpplug.sweep_runner import Runner
+
+    catalog = discover()
+    if template:
+        if yaml_file:
+            raise HpplugError("--template writes a new YAML; give no sweep file with it (use -o FILE)")
+        text = sweep_template.template(catalog, split_plugin_names(plugins), method)
+        if output:
+            Path(output).write_text(text)
+            click.echo(f"wrote {output}; run it with: hpplug sweep {output}")
+        else:
+            click.echo(text, nl=False)
+        return
+    if not yaml_file:
+        raise HpplugError("give a sweep YAML (e.g. sweeps/bayes.yaml), or --template to write one")
+    require_engine()
+    spec = check(yaml_file, catalog)
+    folder = Path(sweep_dir) if sweep_dir else Path("sweeps-runs") / spec.sweep_id
+    runner = Runner(spec, folder, parallel=parallel, count=count, wandb_mode=wandb_mode, seed=seed)
+    if dry_run:
+        runner.load()
+        suggestion = runner.suggest()
+        values = trial_values(spec, suggestion.config) if suggestion else {}
+        argv = expand_command(spec.raw["command"], values, [f"--output-dir={runner.runs_dir}"],
+                              spec.raw.get("program"))
+        click.echo(f"{yaml_file}: OK ({spec.raw['method']} search, {len(spec.parameters)} parameters, "
+                   f"metric {spec.metric} {spec.goal}); sweep id {spec.sweep_id}, folder {folder}")
+        click.echo(f"trial {len(runner.trials) + 1}: " + shlex.join(argv) if suggestion else
+                   f"no trial left to run ({runner.state.get('done') or 'grid exhausted'})")
+        return
+    click.echo(f"sweep {spec.sweep_id}: {spec.raw['method']} search on {spec.metric} ({spec.goal}), "
+               f"{parallel} at a time; folder {folder}")
+    code = runner.run()
+    text, _ = sweep_report.write(spec, runner.state, folder)
+    click.echo(text)
+    if runner.state["done"]:
+        click.echo(f"sweep complete: {runner.state['done']}")
+    elif code > 128:
+        click.echo(f"sweep interrupted; run the same command again to continue ({folder / 'sweep.json'})")
+    sys.exit(code)

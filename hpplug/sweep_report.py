@@ -1,0 +1,161 @@
+"""What a finished (or interrupted) sweep shows: a table sorted by the metric, the best
+configuration as a ready ``hpplug run`` command line, ``summary.json`` and a picture of
+the metric against each searched parameter."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from hpplug.sweep_spec import SweepSpec, pretty_command
+
+RANKED = ("finished", "stopped")  # statuses whose metric is a real result
+
+
+def searched(spec: SweepSpec) -> list[str]:
+    """Parameters that vary between trials (constants are not worth a column or a plot)."""
+    out = []
+    for name, p in spec.parameters.items():
+        if isinstance(p, dict) and not ("value" in p or len(p.get("values", [None, None])) < 2):
+            out.append(name)
+    return out
+
+
+def show(value: Any) -> str:
+    """A short text for a parameter or metric value."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def ranked(spec: SweepSpec, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials best first: finished and stopped ones by the metric, then the rest."""
+    sign = -1 if spec.goal == "maximize" else 1
+
+    def key(t: dict[str, Any]) -> tuple[int, float, int]:
+        scored = t["status"] in RANKED and is_number(t.get("metric"))
+        return (0 if scored else 1, sign * t["metric"] if scored else 0.0, t["number"])
+    return sorted(trials, key=key)
+
+
+def best_trial(spec: SweepSpec, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best finished trial; a stopped one only when none finished."""
+    for statuses in (("finished",), ("stopped",)):
+        scored = [t for t in ranked(spec, trials) if t["status"] in statuses and is_number(t.get("metric"))]
+        if scored:
+            return scored[0]
+    return None
+
+
+def table(spec: SweepSpec, trials: list[dict[str, Any]]) -> str:
+    """A plain-text table: rank, trial, status, metric, then each searched parameter."""
+    params = searched(spec)
+    header = ["#", "trial", "status", spec.metric, *params]
+    rows = [[str(t["number"]), t["id"], t["status"], show(t.get("metric")),
+             *[show(t["values"].get(p, "(unused)")) for p in params]] for t in ranked(spec, trials)]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def summary(spec: SweepSpec, state: dict[str, Any], plot: Path | None) -> dict[str, Any]:
+    """The content of the sweep's ``summary.json``."""
+    trials = state["trials"]
+    best = best_trial(spec, trials)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    return {
+        "sweep_id": state["sweep_id"], "yaml": state["yaml"], "method": spec.raw["method"],
+        "metric": {"name": spec.metric, "goal": spec.goal}, "done": state.get("done"),
+        "trials_total": len(trials), "counts": counts,
+        "best": None if best is None else {
+            "trial": best["id"], "number": best["number"], "metric": best["metric"],
+            "values": best["values"], "command": pretty_command(spec, best["values"]),
+            "record": best["record"]},
+        "plot": None if plot is None else str(plot),
+        "trials": [{k: t.get(k) for k in ("number", "id", "status", "metric", "values", "record", "exit_code")}
+                   for t in ranked(spec, trials)],
+    }
+
+
+def _numeric(values: list[Any]) -> bool:
+    return all(is_number(v) for v in values)
+
+
+def plot(spec: SweepSpec, trials: list[dict[str, Any]], path: Path) -> Path | None:
+    """Metric against each searched parameter, one subplot each; None when nothing to draw."""
+    scored = [t for t in trials if t["status"] in RANKED and is_number(t.get("metric"))]
+    params = searched(spec)
+    if not scored or not params:
+        return None
+    try:
+        import matplotlib
+    except ImportError:  # the table and summary.json do not need it
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(params))
+    rows = math.ceil(len(params) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    best = best_trial(spec, trials)
+    for ax, name in zip(axes.flat, params):
+        used = [t for t in scored if name in t["values"]]
+        xs = [t["values"][name] for t in used]
+        ys = [t["metric"] for t in used]
+        declared = spec.parameters[name]
+        if _numeric(xs) and xs:
+            positions = xs
+            if "log" in str(declared.get("distribution", "")):
+                ax.set_xscale("log")
+        else:
+            order = [show(v) for v in declared.get("values", [])]
+            labels = order + sorted({show(x) for x in xs} - set(order))
+            positions = [labels.index(show(x)) for x in xs]
+            ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+        for x, y, t in zip(positions, ys, used):
+            stopped = t["status"] == "stopped"
+            ax.scatter([x], [y], s=36, facecolors="none" if stopped else "C0", edgecolors="C0")
+            if best is not None and t["id"] == best["id"]:
+                ax.scatter([x], [y], s=160, marker="*", color="C3", zorder=3)
+        ax.set_xlabel(name)
+        ax.set_ylabel(spec.metric)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(params):]:
+        ax.axis("off")
+    fig.suptitle(f"sweep {spec.sweep_id}: {spec.metric} ({spec.goal}); hollow = stopped early, star = best",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(spec: SweepSpec, state: dict[str, Any], sweep_dir: Path) -> tuple[str, dict[str, Any]]:
+    """Write ``summary.json`` and the plot; return the text to print and the summary."""
+    png = plot(spec, state["trials"], sweep_dir / "metric_vs_params.png")
+    data = summary(spec, state, png)
+    (sweep_dir / "summary.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    lines = [table(spec, state["trials"]), ""]
+    if data["best"]:
+        b = data["best"]
+        lines += [f"best: trial {b['number']} ({b['trial']}) {spec.metric} = {show(b['metric'])}",
+                  f"  {b['command']}"]
+    else:
+        lines.append(f"no trial has reported {spec.metric} yet")
+    lines.append(f"summary: {sweep_dir / 'summary.json'}" + (f"   plot: {png}" if png else ""))
+    return "\n".join(lines), data
+
+
+__all__ = ["best_trial", "plot", "ranked", "searched", "summary", "table", "write"]

@@ -1,0 +1,373 @@
+"""The offline sweep runner: W&B's engine suggests, trials run as subprocesses, results go
+back to the engine. What the W&B server does for a sweep is done here: ``run_cap``,
+``metric.target``, hyperband stops (``sweeps.stop_runs`` + SIGUSR1 to the trial).
+
+State lives in ``<sweep dir>/sweep.json``, rewritten atomically after every trial start and
+end. Running the same sweep again continues it: finished trials are kept, trials that
+were running resume from their checkpoint under the same run id (``hpplug run`` does that
+when ``WANDB_RUN_ID`` names a run with a checkpoint), live ones are adopted, and no
+trial runs twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hpplug.errors import HpplugError
+from hpplug.sweep_spec import SweepSpec, expand_command, trial_values
+from hpplug.sweep_trials import Adopted, adopt, metric_value, new_group, read_history, read_summary, signal_trainers
+
+ACTIVE = ("running", "interrupted")  # trials a rerun picks up again
+MAX_FAILED_IN_A_ROW = 3  # like wandb agent, stop starting trials that all fail at once
+GRACE_S = 60.0  # how long an interrupted trial may take to checkpoint before it is killed
+
+
+
+@dataclass
+class Runner:
+    """Suggests, launches, watches and records the trials of one sweep directory."""
+
+    spec: SweepSpec
+    sweep_dir: Path
+    parallel: int = 1
+    count: int | None = None
+    wandb_mode: str | None = None
+    seed: str | None = None
+    poll_s: float = 0.3
+    echo: Any = click.echo
+    state: dict[str, Any] = field(default_factory=dict)
+    handles: dict[str, Any] = field(default_factory=dict)
+    queue: list[dict[str, Any]] = field(default_factory=list)
+    started_new: int = 0
+    failed_in_a_row: int = 0
+    _seen_rows: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Absolute: trial commands and records must not depend on where the runner starts.
+        self.sweep_dir = Path(self.sweep_dir).resolve()
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.sweep_dir / "runs"
+
+    # state -----------------------------------------------------------------------------
+    def load(self) -> None:
+        path = self.sweep_dir / "sweep.json"
+        if path.is_file():
+            self.state = json.loads(path.read_text())
+            if self.state["config"] != self.spec.raw:
+                raise HpplugError(f"{self.sweep_dir} holds a sweep made from a different YAML; "
+                                  "use another --dir (or the YAML it was made from)")
+            return
+        self.state = {"version": 1, "sweep_id": self.spec.sweep_id, "yaml": str(self.spec.path),
+                      "config": self.spec.raw, "seed": self.seed or self.spec.sweep_id,
+                      "created": time.time(), "done": None, "trials": []}
+
+    def save(self) -> None:
+        """Write ``sweep.json`` atomically (temporary file + rename)."""
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.state["updated"] = time.time()
+        tmp = self.sweep_dir / "sweep.json.tmp"
+        tmp.write_text(json.dumps(self.state, indent=2, default=str) + "\n")
+        os.replace(tmp, self.sweep_dir / "sweep.json")
+
+    @property
+    def trials(self) -> list[dict[str, Any]]:
+        return self.state["trials"]
+
+    # the engine ------------------------------------------------------------------------
+    def sweep_run(self, trial: dict[str, Any]) -> Any:
+        """A trial as W&B's engine sees a run: state, config, history and summary."""
+        from sweeps import RunState, SweepRun
+
+        record = Path(trial["record"])
+        history = read_history(record)
+        summary = read_summary(record, trial.get("launched", 0.0))
+        if trial["status"] == "running":
+            summary = {k: v for row in history for k, v in row.items()}
+        state = {"running": RunState.running, "finished": RunState.finished, "stopped": RunState.finished,
+                 "failed": RunState.failed, "interrupted": RunState.preempted,
+                 "pending": RunState.pending}[trial["status"]]
+        return SweepRun(name=trial["id"], state=state, config=trial["config"], history=history,
+                        summary_metrics=summary, stopped=trial["status"] == "stopped")
+
+    def suggest(self) -> Any:
+        """W&B's next suggestion from every trial so far (None: a grid is exhausted). The
+        random state is seeded from the sweep's seed and the trial count: reproducible."""
+        import numpy as np
+        import sweeps
+
+        runs = [self.sweep_run(t) for t in self.trials]
+        digest = hashlib.sha256(f"{self.state['seed']}:{len(self.trials)}".encode()).digest()
+        seed = int.from_bytes(digest[:4], "big")
+        np.random.seed(seed)
+        random.seed(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return sweeps.next_run(self.spec.raw, runs, validate=False)
+
+    def may_start(self) -> bool:
+        cap = self.spec.raw.get("run_cap")
+        if cap is not None and len(self.trials) >= cap and not self.state["done"]:
+            self.state["done"] = f"run_cap {cap} reached"
+        if self.failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+            return False
+        return not self.state["done"] and (self.count is None or self.started_new < self.count)
+
+    def new_trial(self) -> dict[str, Any] | None:
+        from hpplug.tracking import new_run_id
+
+        suggestion = self.suggest()
+        if suggestion is None:
+            self.state["done"] = "grid exhausted: every grid point has run"
+            return None
+        run_id = new_run_id()
+        values = trial_values(self.spec, suggestion.config)
+        extra = [f"--output-dir={self.runs_dir}"]
+        if self.spec.raw.get("project") and "project" not in values:
+            extra.append(f"--project={self.spec.raw['project']}")
+        command = expand_command(self.spec.raw["command"], values, extra, self.spec.raw.get("program"))
+        trial = {"number": len(self.trials) + 1, "id": run_id, "status": "pending",
+                 "config": suggestion.config, "values": values, "command": command,
+                 "record": str(self.runs_dir / run_id), "attempts": 0, "metric": None}
+        self.trials.append(trial)
+        self.started_new += 1
+        return trial
+
+    # processes -------------------------------------------------------------------------
+    def env(self, trial: dict[str, Any]) -> dict[str, str]:
+        from hpplug.tracking import resolve_mode
+
+        env = dict(os.environ)
+        for key in ("WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_SERVICE"):
+            env.pop(key, None)
+        env.update({"WANDB_RUN_ID": trial["id"], "WANDB_RUN_GROUP": self.state["sweep_id"],
+                    "WANDB_MODE": resolve_mode(self.wandb_mode), "PYTHONUNBUFFERED": "1",
+                    "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])})
+        if self.parallel > 1 and "OMP_NUM_THREADS" not in env:
+            # K trials on N cores: N // K threads each, not N each (oversubscription is slow).
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.parallel))
+        return env
+
+    def launch(self, trial: dict[str, Any]) -> None:
+        import psutil
+
+        record = Path(trial["record"])
+        if trial["attempts"] and record.exists() and not (record / "checkpoint").is_dir():
+            # Nothing to resume from: start again under the same id; keep the old attempt.
+            record.rename(record.with_name(f"{record.name}.attempt{trial['attempts']}"))
+        logs = self.sweep_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(logs / f"{trial['id']}.log", "ab") as log:
+                proc = subprocess.Popen(trial["command"], env=self.env(trial), stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT, **new_group())
+        except OSError as exc:  # e.g. a launcher named in command: that is not installed
+            raise HpplugError(f"cannot start trial {trial['number']} ({trial['command'][0]}): {exc}") from None
+        trial.update(status="running", pid=proc.pid, launched=time.time(), stop_requested=False,
+                     attempts=trial["attempts"] + 1)
+        try:
+            trial["pid_started"] = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            trial["pid_started"] = None
+        self.handles[trial["id"]] = proc
+        self.save()
+        if trial["attempts"] > 1:
+            self.echo(f"trial {trial['number']} {trial['id']}: resuming (attempt {trial['attempts']})")
+
+    def finish(self, trial: dict[str, Any], exit_code: int | None, interrupted: bool = False) -> None:
+        """Record how a trial ended, print its line, and check metric.target."""
+        record = Path(trial["record"])
+        summary = read_summary(record, trial.get("launched", 0.0))
+        status = summary.get("status")
+        if status not in ("finished", "stopped", "interrupted"):
+            status = "stopped" if trial.get("stop_requested") and exit_code in (0, -getattr(signal, "SIGUSR1", 10)) \
+                else "failed"
+        if interrupted and status == "failed":
+            status = "interrupted"  # we killed it; it starts again on the next run
+        trial.update(status=status, exit_code=exit_code, ended=time.time(),
+                     metric=metric_value(self.spec.metric, summary, read_history(record)))
+        self.handles.pop(trial["id"], None)
+        self.report_trial(trial)
+        self.failed_in_a_row = self.failed_in_a_row + 1 if status == "failed" else 0
+        if self.failed_in_a_row == MAX_FAILED_IN_A_ROW:
+            self.echo(f"{MAX_FAILED_IN_A_ROW} trials failed in a row: no new trials start (see their logs)")
+        if status in ("finished", "stopped") and self.spec.reaches_target(trial["metric"]) and not self.state["done"]:
+            self.state["done"] = (f"metric.target {self.spec.raw['metric']['target']} reached by trial "
+                                  f"{trial['number']} ({trial['id']})")
+            self.echo(self.state["done"] + "; running trials finish, no new ones start")
+        self.save()
+
+    def total(self) -> int | None:
+        """How many trials the sweep will have, when that is known (grid size, run_cap)."""
+        cap = self.spec.raw.get("run_cap")
+        if self.spec.raw["method"] != "grid":
+            return cap
+        size = 1
+        for p in self.spec.parameters.values():
+            if "values" in p:
+                size *= len(p["values"])
+            elif "min" in p and isinstance(p["min"], int) and isinstance(p.get("max"), int):
+                size *= p["max"] - p["min"] + 1
+        return size if cap is None else min(size, cap)
+
+    def report_trial(self, trial: dict[str, Any]) -> None:
+        from hpplug.sweep_report import show
+
+        done = sum(t["status"] in ("finished", "stopped", "failed") for t in self.trials)
+        total = self.total()
+        params = "  ".join(f"{k}={show(v)}" for k, v in trial["values"].items())
+        took = trial["ended"] - trial.get("launched", trial["ended"])
+        self.echo(f"[{done}{'' if total is None else f'/{total}'}] trial {trial['number']} {trial['id']} {trial['status']:<8} "
+                  f"{self.spec.metric}={show(trial['metric'])}  {params}  ({took:.1f} s)")
+        if trial["status"] == "failed":
+            log = self.sweep_dir / "logs" / f"{trial['id']}.log"
+            tail = log.read_text(errors="replace").strip().splitlines()[-4:] if log.exists() else []
+            for line in tail:
+                self.echo(f"    | {line}")
+            self.echo(f"    full log: {log}")
+
+    def poll(self) -> None:
+        for trial in [t for t in self.trials if t["id"] in self.handles]:
+            handle = self.handles[trial["id"]]
+            code = handle.poll()
+            if code is not None:
+                self.finish(trial, None if isinstance(handle, Adopted) else code)
+
+    def early_terminate(self) -> None:
+        """Hyperband through W&B's ``stop_runs`` whenever a running trial logged new rows."""
+        if "early_terminate" not in self.spec.raw:
+            return
+        running = [t for t in self.trials if t["id"] in self.handles]
+        counts = {t["id"]: len(read_history(Path(t["record"]))) for t in running}
+        if all(self._seen_rows.get(k) == n for k, n in counts.items()):
+            return
+        self._seen_rows.update(counts)
+        import sweeps
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            to_stop = sweeps.stop_runs(self.spec.raw, [self.sweep_run(t) for t in self.trials], validate=False)
+        by_id = {t["id"]: t for t in running}
+        for run in to_stop:
+            trial = by_id.get(run.name)
+            if trial is None or trial.get("stop_requested"):
+                continue
+            signal_trainers(trial["pid"], signal.SIGUSR1)
+            trial["stop_requested"] = True
+            reason = (run.early_terminate_info or {}).get("lines", ["hyperband"])[-1]
+            self.echo(f"trial {trial['number']} {trial['id']}: stopping early (hyperband) - {reason.strip()}")
+            self.save()
+
+    # the loop --------------------------------------------------------------------------
+    def pick_up(self) -> None:
+        """On a rerun: collect trials that ended meanwhile, adopt live ones, queue the rest."""
+        for trial in [t for t in self.trials if t["status"] in ACTIVE + ("pending",)]:
+            summary = read_summary(Path(trial["record"]), trial.get("launched", 0.0))
+            live = adopt(trial.get("pid"), trial.get("pid_started")) if trial["status"] == "running" else None
+            if live is not None:
+                self.handles[trial["id"]] = live
+            elif summary.get("status") in ("finished", "stopped"):
+                self.finish(trial, None)
+            else:
+                trial["status"] = "interrupted"
+                self.queue.append(trial)
+        self.save()
+
+    def next_trial(self) -> dict[str, Any] | None:
+        if self.queue:
+            return self.queue.pop(0)
+        return self.new_trial() if self.may_start() else None
+
+    def loop(self) -> None:
+        self.pick_up()
+        while True:
+            self.poll()
+            self.early_terminate()
+            while len(self.handles) < self.parallel:
+                trial = self.next_trial()
+                if trial is None:
+                    break
+                self.launch(trial)
+            if not self.handles:
+                self.save()
+                return
+            time.sleep(self.poll_s)
+
+    def interrupt(self, signum: int) -> None:
+        """Forward the signal so trials checkpoint; kill what has not ended after GRACE_S."""
+        self.echo(f"interrupted: stopping {len(self.handles)} running trial(s) so they can resume...")
+        for trial in [t for t in self.trials if t["id"] in self.handles]:
+            try:
+                self.handles[trial["id"]].send_signal(signum)
+            except (OSError, ProcessLookupError):
+                pass
+        deadline = time.monotonic() + GRACE_S
+        try:
+            while self.handles and time.monotonic() < deadline:
+                for trial in [t for t in self.trials if t["id"] in self.handles]:
+                    code = self.handles[trial["id"]].poll()
+                    if code is not None:
+                        self.finish(trial, code, interrupted=True)
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+        for trial in [t for t in self.trials if t["id"] in self.handles]:
+            try:
+                os.killpg(self.handles[trial["id"]].pid, signal.SIGKILL)
+            except (OSError, AttributeError):
+                pass
+            self.finish(trial, None, interrupted=True)
+        self.save()
+
+    def lock(self) -> Any:
+        """One runner per sweep folder: a second one would start the same trials."""
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.sweep_dir / "sweep.lock", "a+")
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no fcntl (Windows): no lock
+            pass
+        except OSError:
+            handle.close()
+            raise HpplugError(f"another hpplug sweep is running the sweep in {self.sweep_dir}; "
+                              "wait for it, or run more trials at once with --parallel") from None
+        return handle
+
+    def run(self) -> int:
+        """Run until done (or ``count`` new trials); returns the exit code: 0 done, 1 when
+        trials keep failing, 128 + signal when interrupted (SIGINT, SIGTERM)."""
+        lock = self.lock()
+        self.load()
+        self.save()
+        received = {"signum": signal.SIGINT}
+
+        def terminate(signum: int, frame: Any) -> None:
+            received["signum"] = signum
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            self.loop()
+            return 1 if self.failed_in_a_row >= MAX_FAILED_IN_A_ROW else 0
+        except KeyboardInterrupt:
+            self.interrupt(received["signum"])
+            return 128 + received["signum"]
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            lock.close()
