@@ -20,9 +20,9 @@ OFFLINE_ENV = "HPPLUG_OFFLINE"
 # What torchvision looks for, so a missing-data error can say where to put which files.
 _EXPECTED_FILES = {
     "mnist": ("MNIST/raw", "train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-              "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or the same with .gz)"),
+              "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (uncompressed)"),
     "fashion-mnist": ("FashionMNIST/raw", "train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-                      "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or the same with .gz)"),
+                      "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (uncompressed)"),
     "cifar10": (".", "cifar-10-python.tar.gz"),
 }
 
