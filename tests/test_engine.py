@@ -124,3 +124,25 @@ def test_a_failed_run_keeps_its_record_and_says_failed(hpplug_register, hpplug_t
     assert json.loads((record / "summary.json").read_text())["status"] == "failed"
     steps = [json.loads(l)["step"] for l in (record / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 10, 15], "metrics logged before the failure are kept"
+
+
+def test_grad_accum_counts_updates_and_matches_the_full_batch(hpplug_register, hpplug_train, tmp_path):
+    """Two micro-batches of 32 make one update equal to a batch of 64, LR included."""
+    weights = {}
+
+    class Keep(Plugin):
+        @hookimpl
+        def hpplug_adjust_model(self, model, config):
+            weights[config.grad_accum] = model
+
+    hpplug_register("keep", Keep)
+    options = dict(epochs=2, log_every=1, plugins=["keep", "cosine", "lr-scaling"],
+                   params={"cosine": {"interval": "update"}, "lr-scaling": {"base_batch": 32}})
+    full = hpplug_train(batch_size=64, output_dir=str(tmp_path / "full"), **options)
+    accum = hpplug_train(batch_size=32, grad_accum=2, output_dir=str(tmp_path / "accum"), **options)
+    assert full.summary["updates"] == accum.summary["updates"] == 2 * 23
+    lr_full = [m["lr"] for m in _metrics(full) if "test/accuracy" not in m]
+    lr_accum = [m["lr"] for m in _metrics(accum) if "test/accuracy" not in m]
+    assert lr_accum == pytest.approx(lr_full, rel=1e-12) and lr_full[0] == pytest.approx(0.2)
+    for a, b in zip(weights[1].parameters(), weights[2].parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
