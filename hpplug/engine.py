@@ -264,6 +264,9 @@ def _mean(loop: Loop, sums: torch.Tensor) -> tuple[float, float]:
     return loss / max(count, 1), correct / max(count, 1)
 
 
+_STOP_REASONS = (None, "stopped", "interrupted")
+
+
 def _check_stop(loop: Loop) -> None:
     """Between updates: honour a stop request, agreed by all processes."""
     if loop.stop is None:
@@ -272,9 +275,9 @@ def _check_stop(loop: Loop) -> None:
     if acc.num_processes > 1:
         if loop.progress.update % loop.config.log_every:
             return
-        flag = torch.tensor([{None: 0, "stopped": 1, "interrupted": 2}[loop.stop.reason]], device=acc.device)
-        code = int(acc.gather(flag).max().item())
-        loop.stop.reason = {0: None, 1: "stopped", 2: "interrupted"}[code]
+        # The most severe request of any process wins: interrupted > stopped > none.
+        flag = torch.tensor([_STOP_REASONS.index(loop.stop.reason)], device=acc.device)
+        loop.stop.reason = _STOP_REASONS[int(acc.gather(flag).max().item())]
     if loop.stop.reason is not None:
         raise Stopped(loop.stop.reason, loop.stop.signum)
 
