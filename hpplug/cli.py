@@ -19,17 +19,17 @@ import click
 
 from hpplug import __version__
 from hpplug.config import OPTIMIZERS, PRECISIONS, WANDB_MODES, RunConfig
+from hpplug.data import DATASETS
 from hpplug.errors import HpplugError
+from hpplug.models import MODELS
 
 DEFAULTS = RunConfig()
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
-MODELS = ("mlp", "cnn")
 
 # (field, click type, help) for every core option of `hpplug run`.
 CORE_OPTIONS: list[tuple[str, Any, str]] = [
     ("dataset", click.Choice(DATASETS), "Dataset; digits is bundled with scikit-learn and needs no network."),
     ("data_root", click.STRING, "Folder datasets are read from and downloaded to (HPPLUG_OFFLINE=1: never download)."),
-    ("model", click.Choice(MODELS), "Model: the article's MLP or a small CNN."),
+    ("model", click.Choice(tuple(MODELS)), "Model: the article's MLP or a small CNN."),
     ("hidden", click.IntRange(1), "Hidden units of the last hidden layer."),
     ("epochs", click.IntRange(1), "Epochs to train."),
     ("batch_size", click.IntRange(1), "Samples per process per micro-batch."),

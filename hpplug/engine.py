@@ -423,6 +423,7 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
         status = "interrupted"
         raise
     finally:
-        hint = tracker.finish(_summary(loop, final), status)
-    return RunResult(run_id, status, _summary(loop, final), str(tracker.record_dir), hint, signum,
+        summary = _summary(loop, final)
+        hint = tracker.finish(summary, status)
+    return RunResult(run_id, status, summary, str(tracker.record_dir), hint, signum,
                      accelerator.is_main_process)
