@@ -2,9 +2,11 @@
 
 __version__ = "0.1.0"
 
+from hpplug.components import Dataset, Model, Splits, TensorSplit  # noqa: E402
 from hpplug.config import RunConfig  # noqa: E402
 from hpplug.errors import HpplugError  # noqa: E402
 from hpplug.hookspecs import hookimpl  # noqa: E402
 from hpplug.plugin import Batch, Param, Plugin, Progress  # noqa: E402
 
-__all__ = ["Batch", "HpplugError", "Param", "Plugin", "Progress", "RunConfig", "__version__", "hookimpl"]
+__all__ = ["Batch", "Dataset", "HpplugError", "Model", "Param", "Plugin", "Progress", "RunConfig", "Splits",
+           "TensorSplit", "__version__", "hookimpl"]
