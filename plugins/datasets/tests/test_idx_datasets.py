@@ -20,7 +20,7 @@ from hpplug_datasets.fashion_mnist import FashionMNIST
 from hpplug_datasets.mnist import MNIST
 
 IDX = [("mnist", MNIST, "MNIST"), ("fashion-mnist", FashionMNIST, "FashionMNIST")]
-NAMES = {"digits", "mnist", "fashion-mnist", "cifar10"}
+NAMES = {"digits", "mnist", "fashion-mnist", "cifar10", "imagefolder"}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_the_plugins_are_builtin_entry_points_of_kind_dataset() -> None:
 def test_importing_the_plugins_imports_no_torchvision_or_scikit_learn() -> None:
     """``hpplug --help`` loads every plugin class: the heavy readers wait for ``load``."""
     code = ("import sys, hpplug_datasets.digits, hpplug_datasets.mnist, hpplug_datasets.fashion_mnist, "
-            "hpplug_datasets.cifar10; "
+            "hpplug_datasets.cifar10, hpplug_datasets.imagefolder; "
             "print(sorted(m for m in ('torchvision', 'sklearn', 'PIL') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
     assert out.stdout.strip() == "[]"
