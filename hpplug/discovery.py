@@ -27,7 +27,8 @@ from hpplug.plugin import Param, Plugin
 
 GROUP = "hpplug"
 BUILTIN_DISTRIBUTIONS = frozenset(
-    {"hpplug-schedulers", "hpplug-regularizers", "hpplug-augment", "hpplug-batch", "hpplug-models"}
+    {"hpplug-schedulers", "hpplug-regularizers", "hpplug-augment", "hpplug-batch", "hpplug-models",
+     "hpplug-datasets"}
 )
 DISABLE_AUTOLOAD_ENV = "HPPLUG_DISABLE_PLUGIN_AUTOLOAD"
 LOCAL_DISTRIBUTION = "<in-process>"
