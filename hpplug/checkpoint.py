@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpplug import record
 from hpplug.errors import HpplugError
 
 CHECKPOINT = "checkpoint"
@@ -72,14 +73,18 @@ def saved_config(record_dir: Path) -> dict[str, Any]:
 
 
 def status(record_dir: Path) -> str | None:
-    path = record_dir / "summary.json"
-    return json.loads(path.read_text()).get("status") if path.is_file() else None
+    """The status in a run's summary.json; None while it runs or after a kill (no summary,
+    or an empty one that a write cut short left: the checkpoint then decides)."""
+    summary = record.read_json(record_dir / record.SUMMARY, "restore or move it aside, then try again",
+                               empty_ok=True)
+    return None if summary is None else summary.get("status")
 
 
 def find_resumable(output_dir: Path) -> Path:
-    """``--resume auto``: the newest run under ``output_dir`` with a checkpoint that did not finish."""
-    candidates = [p.parent.parent for p in output_dir.glob(f"*/{CHECKPOINT}/run.json")]
-    candidates = [p for p in candidates if status(p) != "finished"]
+    """``--resume auto``: the newest run under ``output_dir`` with a checkpoint that did not
+    finish. A damaged candidate is reported, not skipped: skipping would pick an older run."""
+    folders = [p for p in output_dir.iterdir() if record.is_run_id(p.name)] if output_dir.is_dir() else []
+    candidates = [p for p in folders if (p / CHECKPOINT).exists() and record.classify(p) == "resumable"]
     if not candidates:
         raise HpplugError(f"no unfinished run with a checkpoint in {output_dir}; "
                           "pass --resume DIR with a run's record folder")

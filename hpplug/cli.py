@@ -149,34 +149,53 @@ def sweep_overrides(catalog: dict[str, Any]):
 
 
 def _resume_dir(resume: str | None, output_dir: str):
-    """The record folder to resume: --resume, or a sweep's re-run of a preempted trial."""
+    """The record folder to resume: --resume, or a sweep's re-run of a preempted trial
+    (``WANDB_RUN_ID`` naming a record with a checkpoint). Refuses, before anything is
+    written, run ids that are not plain ids, folders that are not run records, damage,
+    and a ``WANDB_RUN_ID`` whose run already finished."""
     from pathlib import Path
 
-    from hpplug import checkpoint
+    from hpplug import checkpoint, record
 
     if resume == "auto":
-        return checkpoint.find_resumable(Path(output_dir))
-    if resume:
-        path = Path(resume)
+        path = checkpoint.find_resumable(Path(output_dir))
+    elif resume:
+        path = Path(os.path.normpath(Path(resume).absolute()))  # "." and "runs/x/" name their folder
         if not path.is_dir():
             raise HpplugError(f"--resume {resume}: no such run folder; pass a run's record folder "
                               f"(e.g. {Path(output_dir) / '<run-id>'}) or auto")
-        return path
-    run_id = os.environ.get("WANDB_RUN_ID")
-    if run_id and (Path(output_dir) / run_id / checkpoint.CHECKPOINT).is_dir():
-        if checkpoint.status(Path(output_dir) / run_id) != "finished":
-            return Path(output_dir) / run_id
-    return None
+        record.check_run_id(path.name, f"--resume {resume}: the folder name")
+    else:
+        run_id = record.env_run_id()
+        if run_id is None:
+            return None
+        path = Path(output_dir) / run_id
+        state = record.classify(path)
+        if state != "resumable":
+            record.check_new(path, state)
+            return None  # nothing there yet, or an attempt without a checkpoint: it is kept aside
+    summary = path / record.SUMMARY
+    if summary.is_file() and not summary.read_bytes().strip():
+        click.echo(f"Note: {summary} is empty (a write was cut short); resuming from the checkpoint", err=True)
+    return path
 
 
 def resumed_config(catalog: dict[str, Any], record_dir) -> tuple[RunConfig, list[Any]]:
     """The configuration a run started with, from its checkpoint."""
-    from hpplug import checkpoint, manager
+    from hpplug import checkpoint, manager, record
 
-    if checkpoint.status(record_dir) == "finished":
+    state = record.classify(record_dir)
+    if state == "finished":
         raise HpplugError(f"run {record_dir.name} already finished; nothing to resume")
+    if state != "resumable":
+        raise HpplugError(f"{record_dir} is not a run record with a checkpoint to resume from; runs write "
+                          "one with --checkpoint-every, or when interrupted")
     saved = checkpoint.saved_config(record_dir)
-    config = RunConfig(**saved)
+    try:
+        config = RunConfig(**saved)
+    except TypeError as exc:
+        raise HpplugError(f"{record_dir / checkpoint.CHECKPOINT / record.RUN_FILE} does not hold a run "
+                          f"configuration ({exc}); the checkpoint cannot be resumed") from None
     entries = manager.resolve(catalog, config.plugins)
     config.plugin_params = manager.parse_values(entries, config.plugin_params)
     return config, entries

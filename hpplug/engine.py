@@ -387,7 +387,7 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
     ``apply_overrides`` merges what W&B says the config is (a sweep's locked values) into
     ``config`` before anything is built. ``resume_dir`` continues a run from its checkpoint.
     """
-    from hpplug import manager
+    from hpplug import manager, record
     from hpplug.tracking import new_run_id, resolve_mode
 
     mode = resolve_mode(config.wandb_mode)
@@ -396,7 +396,7 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
         run_id = Path(resume_dir).name
         config.output_dir = str(Path(resume_dir).parent)
     else:
-        run_id = _broadcast(accelerator, os.environ.get("WANDB_RUN_ID") or new_run_id())
+        run_id = _broadcast(accelerator, record.env_run_id() or new_run_id())
     tracker = Tracker(accelerator, mode, run_id, config.output_dir)
     tracker.start(config.project, wandb_config(config, entries), resuming=resume_dir is not None)
     status, final, loop, signum = "failed", {}, None, None

@@ -1,0 +1,207 @@
+"""A run's local record on disk, read and written as untrusted, interruptible files.
+
+``<output-dir>/<run-id>/`` holds ``config.json``, ``metrics.jsonl``, ``summary.json`` and
+``checkpoint/``; ``attempts/<n>/`` keeps earlier attempts of the same run id that ended
+before their first checkpoint (a preempted sweep trial re-run from the start).
+
+- JSON files are replaced atomically (temporary file in the same folder, fsync, rename):
+  a kill or a full disk leaves the previous file, never a torn one.
+- ``metrics.jsonl`` is appended line by line; a line only counts once its newline is
+  written, so a torn last line (a kill or a full disk mid-write) is dropped when read and
+  cut off before a resumed run appends.
+- Everything read back is checked: damage is an ``HpplugError`` naming the file. An
+  empty ``summary.json`` (what a non-atomic write cut short leaves, e.g. by an older
+  hpplug) counts as no summary: the checkpoint then decides whether the run can resume.
+- Run ids come from outside (``WANDB_RUN_ID``, a folder name) and become folder names:
+  only plain ids are accepted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hpplug.errors import HpplugError
+
+CONFIG, METRICS, SUMMARY, ATTEMPTS = "config.json", "metrics.jsonl", "summary.json", "attempts"
+RUN_FILE = "run.json"  # inside the checkpoint folder: the configuration the run started from
+# W&B's generated ids are 8 lowercase letters and digits; people and tools also use
+# letters, digits, '-' and '_'. Nothing that a path could read as a separator, '.' or '..'.
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_RESERVED = {"wandb"}  # the offline W&B runs beside the records
+
+
+def _show(value: str, limit: int = 40) -> str:
+    """A value quoted for a one-line message: control characters escaped, long ones cut."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
+
+
+def is_run_id(value: str) -> bool:
+    return bool(_RUN_ID.fullmatch(value)) and value.lower() not in _RESERVED
+
+
+def check_run_id(value: str, source: str) -> str:
+    """``value`` if it is a plain run id, else an ``HpplugError`` saying what ``source`` held."""
+    if not is_run_id(value):
+        raise HpplugError(f"{source} {_show(value)} is not a run id: use 1 to 64 letters, digits, '-' or '_' "
+                          f"starting with a letter or digit (not {' or '.join(sorted(_RESERVED))}), "
+                          "like W&B's own 8-character ids")
+    return value
+
+
+def env_run_id() -> str | None:
+    """``WANDB_RUN_ID`` (set by ``wandb agent``, or by anyone), checked; None when unset."""
+    value = os.environ.get("WANDB_RUN_ID")
+    if value is None:
+        return None
+    if value == "":
+        raise HpplugError("WANDB_RUN_ID is set but empty: unset it for a new run id, or set a run id")
+    return check_run_id(value, "WANDB_RUN_ID")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Replace ``path`` with ``data`` atomically; on any failure the old file stays as it was."""
+    text = json.dumps(data, indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable, where folders can be synced
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def _damaged(path: Path, why: str, fix: str) -> HpplugError:
+    return HpplugError(f"{path} is damaged ({why}); {fix}")
+
+
+def read_json(path: Path, fix: str, empty_ok: bool = False) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when missing (or empty, with ``empty_ok``: what a
+    non-atomic write cut short leaves). Other damage names the file and ``fix``."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise HpplugError(f"cannot read {path}: {exc.strerror or exc}; {fix}") from None
+    if not raw.strip():
+        if empty_ok:
+            return None
+        raise _damaged(path, "empty", fix)
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise _damaged(path, f"not JSON: {str(exc)[:80]}", fix) from None
+    if not isinstance(data, dict):
+        raise _damaged(path, f"a JSON {type(data).__name__}, not an object", fix)
+    return data
+
+
+def read_jsonl(path: Path, fix: str) -> tuple[list[dict[str, Any]], int]:
+    """The rows of ``metrics.jsonl`` and the length in bytes of its complete lines.
+
+    A last line without its newline is a torn write and is left out; any other line that
+    is not a JSON object with an integer ``step`` is damage, named with its line number.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    except OSError as exc:
+        raise HpplugError(f"cannot read {path}: {exc.strerror or exc}; {fix}") from None
+    end = raw.rfind(b"\n") + 1  # bytes after the last newline: a torn tail
+    rows = []
+    for number, line in enumerate(raw[:end].split(b"\n")[:-1], start=1):
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+        if not isinstance(row, dict) or type(row.get("step")) is not int:
+            raise _damaged(path, f"line {number} is not a metrics row", fix)
+        rows.append(row)
+    return rows, end
+
+
+def cut_torn_tail(path: Path, length: int) -> None:
+    """Drop a torn last line so that appending makes valid JSONL again."""
+    if path.is_file() and path.stat().st_size > length:
+        os.truncate(path, length)
+
+
+def _is_record_file(name: str) -> bool:
+    """A file or folder hpplug writes in a record (a checkpoint's staging copies and the
+    temporary files of an atomic write included); anything else there is someone else's."""
+    from hpplug.checkpoint import CHECKPOINT
+
+    return name in (CONFIG, METRICS, SUMMARY) or name.startswith((CHECKPOINT, f".{CONFIG}.", f".{SUMMARY}."))
+
+
+def keep_aside(record_dir: Path) -> Path | None:
+    """Move an earlier attempt's files into ``attempts/<n>/``: a clean start under the
+    same run id neither mixes its rows with theirs nor loses them. Returns that folder."""
+    mine = [p for p in record_dir.iterdir() if _is_record_file(p.name)]
+    if not mine:
+        return None
+    attempts = record_dir / ATTEMPTS
+    attempts.mkdir(exist_ok=True)
+    n = 1 + max((int(p.name) for p in attempts.iterdir() if p.name.isdigit()), default=0)
+    target = attempts / str(n)
+    target.mkdir()
+    for path in mine:
+        path.rename(target / path.name)
+    return target
+
+
+def classify(record_dir: Path) -> str | None:
+    """What a run id's folder holds: None (nothing yet), ``"finished"``, ``"resumable"``
+    (a checkpoint, not finished) or ``"restartable"`` (an attempt that ended before its
+    first checkpoint). A folder that is not a run record, or damage, is an ``HpplugError``."""
+    from hpplug import checkpoint
+
+    if record_dir.is_symlink() or (record_dir.exists() and not record_dir.is_dir()):
+        raise HpplugError(f"{record_dir} is not a run record folder (a link or a file is there); "
+                          "use another run id or --output-dir")
+    names = {p.name for p in record_dir.iterdir()} - {ATTEMPTS} if record_dir.is_dir() else set()
+    if not names:
+        return None
+    if not any(_is_record_file(name) for name in names):
+        raise HpplugError(f"{record_dir} is not a run record (no {CONFIG}, {METRICS} or {checkpoint.CHECKPOINT}/); "
+                          "use another run id or --output-dir")
+    if checkpoint.status(record_dir) == "finished":
+        return "finished"
+    if not (record_dir / checkpoint.CHECKPOINT).exists():
+        return "restartable"
+    saved = read_json(record_dir / checkpoint.CHECKPOINT / RUN_FILE,
+                      f"the checkpoint in {record_dir} cannot be resumed: move {checkpoint.CHECKPOINT}/ "
+                      "aside to start this run id again, or use another run id")
+    if saved is None or not isinstance(saved.get("config"), dict):
+        raise HpplugError(f"{record_dir / checkpoint.CHECKPOINT} is incomplete (no run configuration in "
+                          f"{RUN_FILE}); move it aside to start this run id again, or use another run id")
+    read_json(record_dir / CONFIG, "restore or move it aside, then try again")
+    read_jsonl(record_dir / METRICS, "remove or repair that line, then try again")
+    return "resumable"
+
+
+def check_new(record_dir: Path, state: str | None) -> None:
+    """Refuse to start a new run where a finished or resumable one already is."""
+    if state == "finished":
+        raise HpplugError(f"run {record_dir.name} already finished (record {record_dir}); use another run id "
+                          "(unset WANDB_RUN_ID for a new one)")
+    if state == "resumable":
+        raise HpplugError(f"run {record_dir.name} already has a record with a checkpoint ({record_dir}); "
+                          f"continue it with: hpplug run --resume {record_dir}, or use another run id")
