@@ -163,7 +163,7 @@ def _resume_dir(resume: str | None, output_dir: str):
                               f"(e.g. {Path(output_dir) / '<run-id>'}) or auto")
         return path
     run_id = os.environ.get("WANDB_RUN_ID")
-    if run_id and (Path(output_dir) / run_id / checkpoint.CHECKPOINT).is_dir():
+    if run_id and checkpoint.has_checkpoint(Path(output_dir) / run_id):
         if checkpoint.status(Path(output_dir) / run_id) != "finished":
             return Path(output_dir) / run_id
     return None
