@@ -154,7 +154,7 @@ def _part(filename: str) -> str:
         return f"the RNG state of process {rest}"
     if kind == "plugin" and rest:
         return f"the state of plugin {rest}"
-    return {"model": "the model weights", "optimizer": "the optimizer state", "loop": "the loop state",
+    return {"model": "the model state", "optimizer": "the optimizer state", "loop": "the loop state",
             "scaler": "the gradient scaler state", "run": "the run configuration",
             "manifest": "the manifest"}.get(stem, "a file")
 
@@ -180,8 +180,8 @@ def _manifest(folder: Path) -> Saved:
               and all(_FILE_NAME.match(k) and isinstance(v, dict) and _count(v.get("bytes"))
                       and isinstance(v.get("sha256"), str) for k, v in m["files"].items()))
     except FileNotFoundError:
-        raise saved.refuse(MANIFEST, "is missing: the folder is damaged, or was saved by an older hpplug in "
-                                     "Accelerate's pickle format, which is never loaded (unpickling runs code)") from None
+        raise saved.refuse(MANIFEST, "is missing: the folder is damaged, or was saved by an older hpplug "
+                                     "in Accelerate's pickle format, never loaded (unpickling runs code)") from None
     except (OSError, ValueError, RecursionError):
         ok = False
     if not ok:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import shutil
 import signal
 import socket
@@ -28,7 +27,7 @@ ACCELERATE_FILES = ["random_states_0.pkl", "random_states_1.pkl", "custom_checkp
                     "scheduler.bin", "scaler.pt", "sampler.bin", "dl_state_dict.bin"]
 STATES = ["model", "optimizer", "loop", "rng.0", "plugin.crash-at", "plugin.keeper"]
 FILES = ["manifest.json", "run.json"] + [f"{s}{x}" for s in STATES for x in (".json", ".safetensors")]
-WORDS = {"manifest": "the manifest", "run": "the run configuration", "model": "the model weights",
+WORDS = {"manifest": "the manifest", "run": "the run configuration", "model": "the model state",
          "optimizer": "the optimizer state", "loop": "the loop state", "rng.0": "the RNG state of process 0",
          "plugin.crash-at": "the state of plugin crash-at", "plugin.keeper": "the state of plugin keeper"}
 
@@ -107,10 +106,10 @@ def record(crashed: Path, sandbox) -> Path:
     return copy
 
 
-def resume_refused(refused, sandbox, record: Path, allowed: Path | None = None) -> str:
+def resume_refused(refused, sandbox, record: Path) -> str:
     """``hpplug run --resume RECORD`` refused; the record, as the case left it, untouched."""
     sandbox.__post_init__()  # snapshot again: the record as it is now must stay so
-    return refused("run", "--resume", str(record), allowed=allowed).line
+    return refused("run", "--resume", str(record)).line
 
 
 @pytest.fixture
@@ -225,7 +224,7 @@ def test_pickles_under_accelerate_s_names_are_never_read(record, payload, hpplug
 
 
 @pytest.mark.parametrize("forgery, words", [
-    ("hidden", "the model weights (model.*) does not fit this run: 1.weight is (8, 64)"),
+    ("hidden", "the model state (model.*) does not fit this run: 1.weight is (8, 64)"),
     ("loop", "the loop state (loop.*) does not fit this run: update 99"),
     ("optimizer", "the optimizer state (optimizer.*) does not fit this run"),
     ("plugin", "the state of plugin keeper (plugin.keeper.*) does not fit this run"),
