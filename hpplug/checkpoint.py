@@ -2,26 +2,48 @@
 since its last checkpoint, and a resumed run ends with exactly the weights and metrics of
 an uninterrupted one.
 
-A checkpoint is ``<record dir>/checkpoint/``: Accelerate's ``save_state`` (model,
-optimizer, every process's RNG states, each plugin's ``state_dict`` and the loop's
-counters) plus ``run.json`` with the configuration the run started from. It is written
-to a temporary folder and renamed, so a kill during a save leaves the previous one.
+A checkpoint is ``<record dir>/checkpoint/``, in a format hpplug writes and reads itself:
+``model``, ``optimizer``, ``loop`` (counters, running sums, metrics so far), ``rng.<rank>``
+(each process's python, numpy, torch and CUDA generators), ``plugin.<name>`` (each plugin's
+``state_dict``, by name) and ``scaler`` (fp16 only), each as ``.json`` + ``.safetensors``
+(:mod:`hpplug.statefile`: no pickle, so loading a checkpoint runs no code); ``run.json``,
+the configuration the run started from; and ``manifest.json``, every file's size and
+sha256, written last. Anything missing, damaged or not fitting the run is refused in one
+line that names the part and the folder, never resumed into a different run.
+
+A save writes ``checkpoint.tmp/``, renames ``checkpoint/`` to ``checkpoint.old/`` and
+``checkpoint.tmp/`` to ``checkpoint/``, then deletes ``checkpoint.old/``. A kill at any
+instant leaves a complete checkpoint among the three folders; the loader takes the newest
+(the manifest's sequence number) and the next save tidies up. A failed write (a full
+disk) stops the run with one line and keeps the last complete checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
 import signal
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from hpplug import record
+import torch
+
+from hpplug import record, runstate, statefile
 from hpplug.errors import HpplugError
 
+if TYPE_CHECKING:
+    from hpplug.engine import Loop
+
 CHECKPOINT = "checkpoint"
+STAGING, PREVIOUS = CHECKPOINT + ".tmp", CHECKPOINT + ".old"
+MANIFEST, RUN = "manifest.json", "run.json"
+FORMAT = "hpplug-checkpoint/1"
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _EVERY = re.compile(r"^\s*(\d+)\s*(u|updates?|e|epochs?)?\s*$")
 
 
@@ -44,32 +66,28 @@ class Every:
         return cls(int(match.group(1)), unit)
 
 
-def save(accelerator: Any, record_dir: Path, run_config: dict[str, Any]) -> Path:
-    """Save the state of every process into ``record_dir/checkpoint`` atomically."""
-    final = record_dir / CHECKPOINT
-    staging = record_dir / (CHECKPOINT + ".tmp")
-    if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (staging / "run.json").write_text(json.dumps({"config": run_config}, indent=2) + "\n")
-        old = record_dir / (CHECKPOINT + ".old")
-        if final.exists():
-            final.rename(old)
-        staging.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
+def has_checkpoint(record_dir: Path) -> bool:
+    """Whether ``record_dir`` holds a checkpoint to resume (or a damaged one to report):
+    ``checkpoint/``, or a complete folder that a save killed between two renames left."""
+    return (record_dir / CHECKPOINT).is_dir() or any(
+        (record_dir / name / MANIFEST).exists() for name in (STAGING, PREVIOUS))
 
 
 def saved_config(record_dir: Path) -> dict[str, Any]:
-    path = record_dir / CHECKPOINT / "run.json"
-    if not path.is_file():
-        raise HpplugError(f"{record_dir} has no checkpoint to resume from ({path} is missing); "
-                          "runs write one with --checkpoint-every, or when interrupted")
-    return json.loads(path.read_text())["config"]
+    """The configuration of the checkpoint ``--resume`` would load, every file verified
+    first, so that a damaged checkpoint is refused before the record is touched."""
+    saved = latest(record_dir)
+    saved.verify()
+    try:
+        config = json.loads(saved.read(RUN))["config"]
+        problem = runstate.config_problem(config)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        problem = f"is damaged: {exc}"
+    if problem is None and sorted(config.get("plugins", [])) != sorted(saved.manifest["plugins"]):
+        problem = "names other plugins than manifest.json"
+    if problem:
+        raise saved.refuse(RUN, problem)
+    return config
 
 
 def status(record_dir: Path) -> str | None:
@@ -84,11 +102,269 @@ def find_resumable(output_dir: Path) -> Path:
     """``--resume auto``: the newest run under ``output_dir`` with a checkpoint that did not
     finish. A damaged candidate is reported, not skipped: skipping would pick an older run."""
     folders = [p for p in output_dir.iterdir() if record.is_run_id(p.name)] if output_dir.is_dir() else []
-    candidates = [p for p in folders if (p / CHECKPOINT).exists() and record.classify(p) == "resumable"]
+    candidates = [p for p in folders if has_checkpoint(p) and record.classify(p) == "resumable"]
     if not candidates:
         raise HpplugError(f"no unfinished run with a checkpoint in {output_dir}; "
                           "pass --resume DIR with a run's record folder")
-    return max(candidates, key=lambda p: (p / CHECKPOINT).stat().st_mtime)
+    return max(candidates, key=lambda p: max((p / n).stat().st_mtime for n in (CHECKPOINT, STAGING, PREVIOUS)
+                                             if (p / n).exists()))
+
+
+@dataclass
+class Saved:
+    """A complete checkpoint folder and its manifest; each file is checked against the
+    manifest as it is read."""
+
+    folder: Path
+    manifest: dict[str, Any]
+
+    def refuse(self, filename: str, problem: str) -> HpplugError:
+        return HpplugError(f"checkpoint {self.folder} cannot be resumed: {_part(filename)} ({filename}) "
+                           f"{problem}; restore it from a copy or start the run again")
+
+    def read(self, filename: str) -> bytes:
+        entry = self.manifest["files"].get(filename)
+        if entry is None:
+            raise self.refuse(filename, "is not listed in manifest.json")
+        path = self.folder / filename
+        try:
+            info = path.stat()
+            # Size first: a crafted entry (a link to /dev/zero, a huge file) is never read.
+            data = path.read_bytes() if stat.S_ISREG(info.st_mode) and info.st_size == entry["bytes"] else b""
+        except FileNotFoundError:
+            raise self.refuse(filename, "is missing") from None
+        except OSError as exc:
+            raise self.refuse(filename, f"cannot be read ({exc.strerror})") from None
+        if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise self.refuse(filename, "is damaged: its size or sha256 differs from manifest.json")
+        return data
+
+    def state(self, name: str) -> Any:
+        """The state saved as ``name.json`` + ``name.safetensors``."""
+        try:
+            return statefile.decode(*(self.read(name + suffix) for suffix in statefile.SUFFIXES))
+        except statefile.StateFileError as exc:
+            raise self.refuse(name + ".*", f"is damaged: {exc}") from None
+
+    def verify(self) -> None:
+        for filename in self.manifest["files"]:
+            self.read(filename)
+
+
+def _part(filename: str) -> str:
+    """What a checkpoint file holds, in words."""
+    stem = filename.split(".*")[0].removesuffix(".json").removesuffix(".safetensors")
+    kind, _, rest = stem.partition(".")
+    if kind == "rng" and rest:
+        return f"the RNG state of process {rest}"
+    if kind == "plugin" and rest:
+        return f"the state of plugin {rest}"
+    return {"model": "the model state", "optimizer": "the optimizer state", "loop": "the loop state",
+            "scaler": "the gradient scaler state", "run": "the run configuration",
+            "manifest": "the manifest"}.get(stem, "a file")
+
+
+def _parts(processes: int, plugins: list[str]) -> list[str]:
+    """The states every checkpoint of a run with these processes and plugins holds."""
+    return ["model", "optimizer", "loop", *(f"rng.{r}" for r in range(processes)),
+            *(f"plugin.{name}" for name in plugins)]
+
+
+def _manifest(folder: Path) -> Saved:
+    """The folder's manifest, checked for the shape and the files hpplug writes."""
+    saved = Saved(folder, {})
+    try:
+        path = folder / MANIFEST
+        if path.stat().st_size > 1 << 20 or not path.is_file():
+            raise ValueError("not a small plain file")
+        m = json.loads(path.read_bytes())
+        ok = (isinstance(m, dict) and m.get("format") == FORMAT and _count(m.get("sequence"))
+              and isinstance(m.get("files"), dict) and _count(m.get("processes"))
+              and 1 <= m["processes"] <= len(m["files"]) and isinstance(m.get("plugins"), list)
+              and all(isinstance(p, str) and _FILE_NAME.match(p) for p in m["plugins"])
+              and all(_FILE_NAME.match(k) and isinstance(v, dict) and _count(v.get("bytes"))
+                      and isinstance(v.get("sha256"), str) for k, v in m["files"].items()))
+    except FileNotFoundError:
+        raise saved.refuse(MANIFEST, "is missing: the folder is damaged, or was saved by an older hpplug "
+                                     "in Accelerate's pickle format, never loaded (unpickling runs code)") from None
+    except (OSError, ValueError, RecursionError):
+        ok = False
+    if not ok:
+        raise saved.refuse(MANIFEST, f"is damaged or not a {FORMAT} manifest")
+    saved.manifest = m
+    for name in [RUN] + [p + s for p in _parts(m["processes"], m["plugins"]) for s in statefile.SUFFIXES]:
+        if name not in m["files"]:
+            raise saved.refuse(name, "is not listed in manifest.json")
+    return saved
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def latest(record_dir: Path) -> Saved:
+    """The newest complete checkpoint among what saves (killed ones too) left in ``record_dir``."""
+    found = [_manifest(record_dir / name) for name in (CHECKPOINT, STAGING, PREVIOUS)
+             if (record_dir / name / MANIFEST).exists() or (name == CHECKPOINT and (record_dir / name).is_dir())]
+    if not found:
+        raise HpplugError(f"{record_dir} has no checkpoint to resume from ({record_dir / CHECKPOINT} is missing); "
+                          "runs write one with --checkpoint-every, or when interrupted")
+    return max(found, key=lambda s: s.manifest["sequence"])  # the first of equals: checkpoint/
+
+
+def save(loop: Loop) -> Path:
+    """Save every process's state into ``<record>/checkpoint`` (see the module's docstring)."""
+    acc, record = loop.accelerator, Path(loop.tracker.record_dir)
+    staging, main = record / STAGING, loop.accelerator.is_main_process
+    sequence = []
+
+    def begin() -> None:
+        sequence.append(_tidy(record))
+        os.mkdir(staging)
+
+    try:
+        _together(acc, begin if main else None, record)
+        _together(acc, lambda: _write_parts(loop, staging), record)
+        _together(acc, (lambda: _commit(loop, record, sequence[0])) if main else None, record)
+    except HpplugError:
+        if main and not (staging / MANIFEST).exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return record / CHECKPOINT
+
+
+def _together(acc: Any, step: Callable[[], Any] | None, record: Path, action: str = "save") -> None:
+    """Run ``step`` on this process (``None``: nothing to do here); then every process
+    learns whether any failed, so that none waits forever for one that gave up."""
+    error: Exception | None = None
+    if step is not None:
+        try:
+            step()
+        except Exception as exc:
+            error = exc
+    failed = error is not None
+    if acc.num_processes > 1:
+        failed = acc.reduce(torch.tensor([float(failed)], device=acc.device), reduction="sum").item() > 0
+    if isinstance(error, OSError):
+        kept = (f"the last complete checkpoint is kept; once that is fixed, resume with: hpplug run --resume {record}"
+                if has_checkpoint(record) else "no checkpoint of this run was saved yet")
+        raise HpplugError(f"cannot write the checkpoint in {record}: {error.strerror or error} "
+                          f"({error.filename}); {kept}") from None
+    if error is not None:
+        raise error
+    if failed:
+        raise HpplugError(f"another process could not {action} its part of the checkpoint in {record}")
+
+
+def _plugins(loop: Loop) -> dict[str, Any]:
+    """The run's plugins by name: a plugin's state goes back to it whatever the order."""
+    return dict(zip(loop.config.plugins, loop.plugins, strict=True))
+
+
+def _write_parts(loop: Loop, staging: Path) -> None:
+    acc = loop.accelerator
+    statefile.write(staging, f"rng.{acc.process_index}", runstate.rng_state())
+    if not acc.is_main_process:
+        return
+    statefile.write(staging, "model", acc.unwrap_model(loop.model).state_dict())
+    statefile.write(staging, "optimizer", loop.optimizer.state_dict())
+    statefile.write(staging, "loop", loop.state.state_dict())
+    if acc.scaler is not None:
+        statefile.write(staging, "scaler", acc.scaler.state_dict())
+    for name, plugin in _plugins(loop).items():
+        try:
+            statefile.write(staging, f"plugin.{name}", plugin.state_dict())
+        except TypeError as exc:
+            raise HpplugError(f"plugin {name}: its state_dict() cannot be checkpointed: {exc}") from None
+    statefile.write_bytes(staging / RUN, (json.dumps({"config": loop.start_config}, indent=2) + "\n").encode())
+
+
+def _commit(loop: Loop, record: Path, sequence: int) -> None:
+    """Write the manifest, the mark of a complete folder, then make it the checkpoint."""
+    staging = record / STAGING
+    files = {}
+    for path in sorted(staging.iterdir()):
+        data = path.read_bytes()
+        files[path.name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest = {"format": FORMAT, "sequence": sequence, "update": loop.progress.update,
+                "epoch": loop.progress.epoch, "processes": loop.accelerator.num_processes,
+                "plugins": list(_plugins(loop)), "files": files}
+    part = staging / (MANIFEST + ".part")
+    statefile.write_bytes(part, json.dumps(manifest, indent=1).encode())
+    os.replace(part, staging / MANIFEST)  # a manifest is whole or absent
+    statefile.fsync_dir(staging)
+    _install(record)
+
+
+def _install(record: Path) -> None:
+    """Make the complete ``checkpoint.tmp/`` the checkpoint."""
+    final, staging, previous = record / CHECKPOINT, record / STAGING, record / PREVIOUS
+    if previous.exists():
+        shutil.rmtree(previous)
+    if final.exists():
+        os.rename(final, previous)
+    os.rename(staging, final)
+    statefile.fsync_dir(record)
+    if previous.exists():
+        shutil.rmtree(previous)
+
+
+def _tidy(record: Path) -> int:
+    """Leave only the newest complete checkpoint, as ``checkpoint/``, whatever a killed
+    save left; returns the sequence number of the next one."""
+    if not has_checkpoint(record):
+        for name in (STAGING, PREVIOUS):
+            shutil.rmtree(record / name, ignore_errors=True)
+        return 0
+    best = latest(record)
+    if best.folder.name == STAGING:
+        _install(record)
+    elif best.folder.name == PREVIOUS:
+        for name in (STAGING, CHECKPOINT):
+            if (record / name).exists():
+                shutil.rmtree(record / name)
+        os.rename(record / PREVIOUS, record / CHECKPOINT)
+        statefile.fsync_dir(record)
+    else:
+        for name in (STAGING, PREVIOUS):
+            if (record / name).exists():
+                shutil.rmtree(record / name)
+    return best.manifest["sequence"] + 1
+
+
+def restore(loop: Loop, record_dir: Path) -> None:
+    """Load the newest complete checkpoint of ``record_dir`` into ``loop``, on every process."""
+    saved = latest(Path(record_dir))
+    _together(loop.accelerator, lambda: _load(loop, saved), Path(record_dir), action="load")
+
+
+def _load(loop: Loop, saved: Saved) -> None:
+    acc, m, plugins = loop.accelerator, saved.manifest, _plugins(loop)
+    if m["processes"] != acc.num_processes:
+        raise HpplugError(f"checkpoint {saved.folder} was saved by {m['processes']} process(es), this run has "
+                          f"{acc.num_processes}: resume it with {m['processes']}")
+    if sorted(m["plugins"]) != sorted(plugins):
+        raise HpplugError(f"checkpoint {saved.folder} holds the state of plugins {m['plugins']}, this run uses "
+                          f"{list(plugins)}: resume it with the plugins it was saved with")
+    _apply(saved, "model", lambda s: runstate.load_model(acc.unwrap_model(loop.model), s))
+    _apply(saved, "optimizer", lambda s: runstate.load_optimizer(loop.optimizer, s))
+    _apply(saved, "loop", loop.state.load_state_dict)
+    if acc.scaler is not None:
+        _apply(saved, "scaler", acc.scaler.load_state_dict)
+    for name, plugin in plugins.items():
+        _apply(saved, f"plugin.{name}", plugin.load_state_dict)
+    _apply(saved, f"rng.{acc.process_index}", runstate.set_rng)
+
+
+def _apply(saved: Saved, name: str, load: Callable[[Any], Any]) -> None:
+    """Read one state and hand it to ``load``; whatever ``load`` cannot take is refused."""
+    state = saved.state(name)
+    try:
+        load(state)
+    except HpplugError:
+        raise
+    except Exception as exc:
+        raise saved.refuse(name + ".*", f"does not fit this run: {' '.join(str(exc).split())[:300]}") from None
 
 
 class StopRequests:

@@ -106,6 +106,24 @@ class LoopState:
                 "epoch_sums": self.epoch_sums.tolist(), "window": self.window.tolist()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned; ``ValueError`` when ``state`` (read from
+        disk: untrusted) cannot be this run's counters."""
+        def number(v: Any) -> bool:
+            return type(v) in (int, float)
+
+        if not (isinstance(state, dict)
+                and all(type(state.get(k)) is int and state[k] >= 0 for k in ("update", "epoch", "train_samples"))
+                and all(number(state.get(k)) and state[k] >= 0 for k in ("train_time", "epoch_time"))
+                and all(isinstance(state.get(k), list) and len(state[k]) == 3 and all(map(number, state[k]))
+                        for k in ("epoch_sums", "window"))
+                and isinstance(state.get("history"), list)
+                and all(isinstance(m, dict) and number(m.get("test/accuracy")) for m in state["history"])):
+            raise ValueError("it is not the loop's counters, sums and metrics")
+        per_epoch, epochs = self.progress.updates_per_epoch, self.progress.epochs
+        if not (per_epoch * state["epoch"] <= state["update"] <= per_epoch * (state["epoch"] + 1)
+                and len(state["history"]) == state["epoch"] <= epochs):
+            raise ValueError(f"update {state['update']} of epoch {state['epoch']} does not fit "
+                             f"{per_epoch} updates per epoch and {epochs} epochs")
         self.progress.update, self.progress.epoch = state["update"], state["epoch"]
         self.history, self.train_time = state["history"], state["train_time"]
         self.train_samples, self.epoch_time = state["train_samples"], state["epoch_time"]
@@ -143,7 +161,7 @@ class Loop:
         for sums in (s.epoch_sums, s.window):
             total = acc.reduce(sums.clone(), reduction="sum")
             sums.copy_(total if acc.is_main_process else torch.zeros_like(total))
-        return checkpoint.save(acc, self.tracker.record_dir, self.start_config)
+        return checkpoint.save(self)
 
 
 def prepare(config: RunConfig, pm: pluggy.PluginManager, plugins: list[Plugin],
@@ -165,7 +183,6 @@ def prepare(config: RunConfig, pm: pluggy.PluginManager, plugins: list[Plugin],
     progress = Progress(update=0, epoch=0, updates_per_epoch=math.ceil(len(data.train_y) / per_update),
                         epochs=config.epochs)
     state = LoopState(progress, accelerator.device, is_main=accelerator.is_main_process)
-    accelerator.register_for_checkpointing(state, *plugins)
     loop = Loop(config, accelerator, pm.hook, plugins, data, model, optimizer, tracker, state,
                 base_lrs=[g["lr"] for g in optimizer.param_groups],
                 batch_generator=torch.Generator(device=accelerator.device), start_config=start_config,
@@ -408,7 +425,7 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
         pm, plugins = manager.build(entries, config.plugin_params)
         loop = prepare(config, pm, plugins, accelerator, tracker, download=download)
         if resume_dir is not None:
-            accelerator.load_state(str(Path(resume_dir) / checkpoint.CHECKPOINT))
+            checkpoint.restore(loop, Path(resume_dir))
         tracker.update_config({"effective_lr": config.lr, "global_batch_size": config.global_batch_size,
                                "num_processes": config.num_processes})
         enabled = show_progress and accelerator.is_main_process

@@ -29,7 +29,6 @@ from typing import Any
 from hpplug.errors import HpplugError
 
 CONFIG, METRICS, SUMMARY, ATTEMPTS = "config.json", "metrics.jsonl", "summary.json", "attempts"
-RUN_FILE = "run.json"  # inside the checkpoint folder: the configuration the run started from
 # W&B's generated ids are 8 lowercase letters and digits; people and tools also use
 # letters, digits, '-' and '_'. Nothing that a path could read as a separator, '.' or '..'.
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -184,14 +183,9 @@ def classify(record_dir: Path) -> str | None:
                           "use another run id or --output-dir")
     if checkpoint.status(record_dir) == "finished":
         return "finished"
-    if not (record_dir / checkpoint.CHECKPOINT).exists():
+    if not checkpoint.has_checkpoint(record_dir):
         return "restartable"
-    saved = read_json(record_dir / checkpoint.CHECKPOINT / RUN_FILE,
-                      f"the checkpoint in {record_dir} cannot be resumed: move {checkpoint.CHECKPOINT}/ "
-                      "aside to start this run id again, or use another run id")
-    if saved is None or not isinstance(saved.get("config"), dict):
-        raise HpplugError(f"{record_dir / checkpoint.CHECKPOINT} is incomplete (no run configuration in "
-                          f"{RUN_FILE}); move it aside to start this run id again, or use another run id")
+    checkpoint.saved_config(record_dir)  # every file verified: damage is one line, never a resume
     read_json(record_dir / CONFIG, "restore or move it aside, then try again")
     read_jsonl(record_dir / METRICS, "remove or repair that line, then try again")
     return "resumable"

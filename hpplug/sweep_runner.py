@@ -165,8 +165,10 @@ class Runner:
     def launch(self, trial: dict[str, Any]) -> None:
         import psutil
 
+        from hpplug import checkpoint
+
         record = Path(trial["record"])
-        if trial["attempts"] and record.exists() and not (record / "checkpoint").is_dir():
+        if trial["attempts"] and record.exists() and not checkpoint.has_checkpoint(record):
             # Nothing to resume from: start again under the same id; keep the old attempt.
             record.rename(record.with_name(f"{record.name}.attempt{trial['attempts']}"))
         logs = self.sweep_dir / "logs"

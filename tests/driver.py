@@ -1,4 +1,4 @@
-"""Runs the real ``hpplug`` command line with two test plugins registered in-process.
+"""Runs the real ``hpplug`` command line with test plugins registered in-process.
 
 Used by the tests as ``python tests/driver.py run ...`` and under torchrun, so that a test
 can SIGKILL a run at an exact update or record what each rank trained on.
@@ -7,14 +7,36 @@ can SIGKILL a run at an exact update or record what each rank trained on.
 - ``recorder``: with env ``HPPLUG_TEST_RECORD=DIR``, appends one JSON line per update to
   ``DIR/rank<r>.jsonl``: the update, the LR and the data set indices this rank trained on.
 - a full disk: see ``full_disk`` below (``HPPLUG_TEST_ENOSPC_DIR``).
+- ``tally``: keeps state (a count of updates and a tensor) that must survive a resume, and
+  logs it at every epoch's end.
+
+Fault injection: with env ``HPPLUG_TEST_FAULT=ACTION:K:N``, the filesystem calls that the
+checkpoint save at update K makes are counted and the Nth one fails. ``kill`` counts every
+call that changes the disk (open for writing, fsync, mkdir, rename, replace, rmtree and the
+first removal inside it, unlink, rmdir) and SIGKILLs the process before the Nth happens;
+``enospc`` counts the files opened for writing and fails the Nth with "No space left on
+device", the file created empty, as a full disk leaves it.
+
+``python tests/driver.py faults ACTION K OUT RUN-ARGS...`` runs, in processes forked from
+one that has imported everything once (a fresh interpreter per case would take seconds):
+a baseline run into ``OUT/baseline``, then for N = 1, 2, ... a run with fault ``ACTION:K:N``
+into ``OUT/N`` followed by ``hpplug run --resume auto`` there, until a run meets no Nth
+call. ``OUT/faults.json`` lists each case: how the faulty run ended, the checkpoint folders
+it left (each with the update of its manifest, or None) and the resume's exit code; each
+process's output is in ``OUT/<case>.<stage>.out`` and ``.err``.
 """
 
+import builtins
 import errno
+import io
 import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
+
+import torch
 
 from hpplug import Plugin, discovery, hookimpl
 from hpplug.cli import main
@@ -126,11 +148,134 @@ def full_disk(folder: str) -> None:
     builtins.open = io.open = open_
 
 
+class Tally(Plugin):
+    """State of its own: updates seen, and a running sum of the first layer's weights."""
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        self.seen, self.total = 0, None
+
+    @hookimpl
+    def hpplug_after_optimizer_step(self, model, progress):
+        weight = next(model.parameters()).detach()
+        self.seen += 1
+        self.total = weight.clone() if self.total is None else self.total + weight
+
+    @hookimpl
+    def hpplug_epoch_end(self, metrics, progress):
+        return {"tally/seen": self.seen, "tally/total": float(self.total.double().sum())}
+
+    def state_dict(self):
+        return {"seen": self.seen, "total": self.total}
+
+    def load_state_dict(self, state):
+        self.seen, self.total = state["seen"], state["total"]
+
+
+def inject_faults(spec: str) -> None:
+    """Make the Nth filesystem call of the checkpoint save at update K fail (see above)."""
+    from hpplug import engine
+
+    action, at_update, nth = spec.split(":")
+    at_update, nth = int(at_update), int(nth)
+    calls = {"active": False, "count": 0, "rmtree": 0}
+    save = engine.Loop.save_checkpoint
+
+    def save_checkpoint(self):
+        calls["active"] = self.progress.update == at_update
+        try:
+            return save(self)
+        finally:
+            calls["active"] = False
+
+    def wrap(owner, name, writes=lambda *args, **kwargs: True):
+        original = getattr(owner, name)
+
+        def call(*args, **kwargs):
+            # Within rmtree only the first removal counts: it leaves a folder partly deleted.
+            counts = (calls["active"] and writes(*args, **kwargs) and calls["rmtree"] in (0, 1)
+                      and (action == "kill" or name == "open"))
+            if counts:
+                calls["count"] += 1
+                calls["rmtree"] += calls["rmtree"] == 1 and name != "rmtree"
+                if calls["count"] == nth:
+                    if action == "kill":
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    if name == "open":
+                        original(*args, **kwargs).close()
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[0]) if args else None)
+            if name != "rmtree":
+                return original(*args, **kwargs)
+            calls["rmtree"] = 1
+            try:
+                return original(*args, **kwargs)
+            finally:
+                calls["rmtree"] = 0
+
+        setattr(owner, name, call)
+
+    engine.Loop.save_checkpoint = save_checkpoint
+    wrap(builtins, "open", lambda file, mode="r", *args, **kwargs: any(c in mode for c in "wax+"))
+    for name in ("fsync", "mkdir", "rename", "replace", "unlink", "rmdir"):
+        wrap(os, name)
+    wrap(shutil, "rmtree")
+
+
+def in_child(argv: list[str], log: Path, fault: str | None = None) -> int:
+    """Run ``hpplug ARGV`` in a forked process; its exit code, or -signal if killed."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            for fd, suffix in ((1, ".out"), (2, ".err")):
+                os.dup2(os.open(f"{log}{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+            if fault:
+                inject_faults(fault)
+            main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def faults(action: str, at_update: str, out: str, run_args: list[str]) -> None:
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:  # here, not forked: it imports what the children then find imported
+        main(["run", *run_args, "--output-dir", str(out_dir / "baseline")])
+    except SystemExit as exc:
+        assert not exc.code, f"the baseline run failed: {exc.code}"
+    cases = []
+    for n in range(1, 1000):
+        ended = in_child(["run", *run_args, "--output-dir", str(out_dir / str(n))], out_dir / f"{n}.run",
+                         fault=f"{action}:{at_update}:{n}")
+        if ended == 0:  # the save has fewer than n calls: every one was tried
+            shutil.rmtree(out_dir / str(n))
+            break
+        left = {p.name: json.loads((p / "manifest.json").read_text())["update"] if (p / "manifest.json").exists()
+                else None for p in (out_dir / str(n)).glob("*/checkpoint*")}
+        resumed = in_child(["run", "--resume", "auto", "--output-dir", str(out_dir / str(n))],
+                           out_dir / f"{n}.resume")
+        cases.append({"case": n, "ended": ended, "left": left, "resumed": resumed})
+    (out_dir / "faults.json").write_text(json.dumps(cases, indent=1))
+
+
 if __name__ == "__main__":
     discovery.register_local("killer", Killer)
     discovery.register_local("recorder", Recorder)
-    # full disk (see above)
     discovery.register_local("disk-full", DiskFull)
+    discovery.register_local("tally", Tally)
     if os.environ.get("HPPLUG_TEST_ENOSPC_DIR"):
         full_disk(os.environ["HPPLUG_TEST_ENOSPC_DIR"])
-    main(sys.argv[1:])
+    if os.environ.get("HPPLUG_TEST_FAULT"):
+        inject_faults(os.environ["HPPLUG_TEST_FAULT"])
+    if sys.argv[1:2] == ["faults"]:
+        torch.set_num_threads(1)  # no thread pool for the forked children to inherit
+        faults(*sys.argv[2:5], sys.argv[5:])
+    else:
+        main(sys.argv[1:])

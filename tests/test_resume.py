@@ -57,7 +57,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert killed.returncode == -signal.SIGKILL
     (record,) = [p for p in cut_dir.iterdir() if p.name != "wandb"]
     assert not (record / "summary.json").exists()
-    loop_state = torch.load(record / "checkpoint" / "custom_checkpoint_0.pkl", weights_only=False)
+    loop_state = json.loads((record / "checkpoint" / "loop.json").read_text())
     assert loop_state["update"] == 30, "the last checkpoint before the kill"
     resumed = hpplug("run", "--resume", "auto", "--output-dir", str(cut_dir))
     assert f"run {record.name} finished" in resumed.stdout
@@ -133,6 +133,64 @@ def test_resume_is_exact_for_every_installed_plugin(plugin, hpplug_register, hpp
     config, entries = resumed_config(discovery.discover(), cut)
     engine.run(config, entries, resume_dir=cut, show_progress=False)
     assert_same_run(cut, baseline)
+
+
+class Keeper(Plugin):
+    """Keeps state of its own (a count and a tensor) and logs it at each epoch's end."""
+
+    key, step = "", 0
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        self.count, self.total = 0, torch.zeros(3)
+
+    @hookimpl
+    def hpplug_after_optimizer_step(self, model, progress):
+        self.count += self.step
+        self.total += self.step * progress.update
+
+    @hookimpl
+    def hpplug_epoch_end(self, metrics, progress):
+        return {f"{self.key}/count": self.count, f"{self.key}/total": float(self.total.sum())}
+
+    def state_dict(self):
+        return {"count": self.count, "total": self.total}
+
+    def load_state_dict(self, state):
+        self.count, self.total = state["count"], state["total"]
+
+
+class KeeperA(Keeper):
+    key, step = "a", 1
+
+
+class KeeperB(Keeper):
+    key, step = "b", 7
+
+
+def test_each_plugin_gets_its_own_state_back_when_named_in_another_order(hpplug_register, hpplug_train, tmp_path):
+    """A plugin's state is saved under its name, not its position among the plugins."""
+    for name, cls in (("crash-at", CrashAt), ("keeper-a", KeeperA), ("keeper-b", KeeperB)):
+        hpplug_register(name, cls)
+    options = dict(epochs=2, log_every=4, checkpoint_every="10", hidden=16,
+                   plugins=["crash-at", "keeper-a", "keeper-b"])
+    CrashAt.at = -1
+    baseline = Path(hpplug_train(output_dir=str(tmp_path / "a"), **options).record_dir)
+    CrashAt.at = 35
+    with pytest.raises(Crash):
+        hpplug_train(output_dir=str(tmp_path / "b"), **options)
+    CrashAt.at = -1
+    (cut,) = (tmp_path / "b").iterdir()
+    from hpplug import engine
+    from hpplug.cli import resumed_config
+
+    config, entries = resumed_config(discovery.discover(), cut)
+    config.plugins.reverse()
+    entries.reverse()
+    engine.run(config, entries, resume_dir=cut, show_progress=False)
+    assert_same_run(cut, baseline)
+    last = rows(cut)[-1]
+    assert (last["a/count"], last["b/count"]) == (46, 7 * 46)
 
 
 def test_a_preempted_sweep_trial_rerun_with_its_run_id_resumes(tmp_path):
