@@ -50,12 +50,13 @@ def snapshot(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def earlier_record(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished run's record folder (made once, copied into each test's output dir)."""
+    """A finished run's record folder with its checkpoint (made once, copied into each
+    test's output dir)."""
     from hpplug import discovery, engine
     from hpplug.cli import build_config
 
     root = tmp_path_factory.mktemp("earlier")
-    core = {"epochs": 1, "wandb_mode": "disabled", "output_dir": str(root / "runs")}
+    core = {"epochs": 1, "wandb_mode": "disabled", "output_dir": str(root / "runs"), "checkpoint_every": "1epoch"}
     config, entries = build_config(discovery.discover(), [], {}, core)
     result = engine.run(config, entries, show_progress=False)
     assert result.status == "finished"
