@@ -18,7 +18,8 @@ from typing import Any
 import click
 
 from hpplug import __version__
-from hpplug.config import OPTIMIZERS, PRECISIONS, WANDB_MODES, RunConfig
+from hpplug.config import (OPTIMIZERS, PRECISIONS, SEED_MAX, WANDB_MODES, Count, Folder, Number, RunConfig,
+                           WandbName)
 from hpplug.data import DATASETS
 from hpplug.errors import HpplugError
 from hpplug.models import MODELS
@@ -28,23 +29,23 @@ DEFAULTS = RunConfig()
 # (field, click type, help) for every core option of `hpplug run`.
 CORE_OPTIONS: list[tuple[str, Any, str]] = [
     ("dataset", click.Choice(DATASETS), "Dataset; digits is bundled with scikit-learn and needs no network."),
-    ("data_root", click.STRING, "Folder datasets are read from and downloaded to (HPPLUG_OFFLINE=1: never download)."),
+    ("data_root", Folder(), "Folder datasets are read from and downloaded to (HPPLUG_OFFLINE=1: never download)."),
     ("model", click.Choice(tuple(MODELS)), "Model: the article's MLP or a small CNN."),
-    ("hidden", click.IntRange(1), "Hidden units of the last hidden layer."),
-    ("epochs", click.IntRange(1), "Epochs to train."),
-    ("batch_size", click.IntRange(1), "Samples per process per micro-batch."),
-    ("lr", click.FloatRange(0, min_open=True), "Base learning rate (before LR plugins)."),
+    ("hidden", Count(1), "Hidden units of the last hidden layer."),
+    ("epochs", Count(1), "Epochs to train."),
+    ("batch_size", Count(1), "Samples per process per micro-batch."),
+    ("lr", Number(0, min_open=True), "Base learning rate (before LR plugins)."),
     ("optimizer", click.Choice(OPTIMIZERS), "Optimizer."),
-    ("momentum", click.FloatRange(0, 1, max_open=True), "SGD momentum."),
-    ("seed", click.INT, "Random seed: weights, sample order and augmentation draws."),
+    ("momentum", Number(0, 1, max_open=True), "SGD momentum."),
+    ("seed", Count(0, SEED_MAX), "Random seed: weights, sample order and augmentation draws."),
     ("mixed_precision", click.Choice(PRECISIONS), "Autocast precision; fp16 needs a CUDA GPU."),
-    ("grad_accum", click.IntRange(1), "Micro-batches per optimizer update."),
+    ("grad_accum", Count(1), "Micro-batches per optimizer update."),
     ("wandb_mode", click.Choice(WANDB_MODES), "W&B mode [default: online with credentials, else offline]."),
-    ("project", click.STRING, "W&B project."),
-    ("output_dir", click.STRING, "Where run records (and offline W&B runs) are written."),
-    ("log_every", click.IntRange(1), "Log train loss and LR every N updates."),
+    ("project", WandbName(), "W&B project."),
+    ("output_dir", Folder(writable=True), "Where run records (and offline W&B runs) are written."),
+    ("log_every", Count(1), "Log train loss and LR every N updates."),
     ("checkpoint_every", click.STRING, "Checkpoint every N updates (200, 200updates) or epochs (1epoch)."),
-    ("eval_batch_size", click.IntRange(1), "Batch size for evaluation."),
+    ("eval_batch_size", Count(1), "Batch size for evaluation."),
 ]
 OPTION_TYPES = {name: ctype for name, ctype, _ in CORE_OPTIONS}
 
@@ -207,16 +208,18 @@ def run_command(catalog: dict[str, Any]) -> click.Command:
     """``hpplug run``, with one option per parameter of every installed plugin."""
 
     def callback(plugin: tuple[str, ...], resume: str | None, **kwargs: Any) -> None:
-        from hpplug import engine
+        from hpplug import engine, preflight
 
         ctx = click.get_current_context()
         _reject_extra_args(ctx.args, catalog)
         raw = _plugin_values(catalog, kwargs)
+        preflight.check_run_id(os.environ)  # it may name the folder to resume
         resume_dir = _resume_dir(resume, kwargs["output_dir"])
         if resume_dir is not None:
             config, entries = resumed_config(catalog, resume_dir)
         else:
             config, entries = build_config(catalog, split_plugin_names(plugin), raw, kwargs)
+        preflight.check(config, os.environ)
         result = engine.run(config, entries, apply_overrides=sweep_overrides(catalog), resume_dir=resume_dir)
         report(result)
 

@@ -22,7 +22,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
 from hpplug import __version__, hookspecs
-from hpplug.errors import HpplugError
+from hpplug.errors import HpplugError, one_line
 from hpplug.plugin import Param, Plugin
 
 GROUP = "hpplug"
@@ -31,8 +31,10 @@ BUILTIN_DISTRIBUTIONS = frozenset(
 )
 DISABLE_AUTOLOAD_ENV = "HPPLUG_DISABLE_PLUGIN_AUTOLOAD"
 LOCAL_DISTRIBUTION = "<in-process>"
-# Plugin names go on the command line (--plugin NAME, --NAME.param) and into W&B keys.
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+# Plugin names go on the command line (--plugin NAME, --NAME.param), into W&B keys and folder
+# names (hpplug new-plugin): never a path separator, a dot or an over-long file name.
+NAME_PATTERN = re.compile(r"^(?=.{1,64}$)[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+NAME_RULE = "use lowercase letters, digits and hyphens, starting with a letter, at most 64 characters"
 # Every hook hpplug calls: name -> the arguments it passes.
 HOOKS = {
     name: tuple(inspect.signature(spec).parameters)
@@ -113,7 +115,7 @@ def _load_entry(name: str, eps: list[metadata.EntryPoint]) -> PluginEntry:
     if third_party_disabled() and not entry.builtin:
         entry.disabled = True
     elif not NAME_PATTERN.match(name):
-        entry.error = f"{name!r} is not a valid plugin name: use lowercase letters, digits and hyphens"
+        entry.error = f"{name[:80]!r} is not a valid plugin name: {NAME_RULE}"
     elif len(eps) > 1:
         dists = " and ".join(_dist_name(e) for e in eps)
         entry.error = f"{len(eps)} distributions register a plugin named {name!r}: {dists}; uninstall all but one"
@@ -121,7 +123,7 @@ def _load_entry(name: str, eps: list[metadata.EntryPoint]) -> PluginEntry:
         try:
             entry.cls = _import_checked(ep)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, never raised
-            entry.error = _one_line(exc)
+            entry.error = one_line(exc)
     return entry
 
 
@@ -130,7 +132,7 @@ def _import_checked(ep: metadata.EntryPoint) -> type[Plugin]:
     try:
         cls = ep.load()
     except (Exception, SystemExit) as exc:  # anything a plugin's import can raise
-        raise HpplugError(f"import of {ep.value} failed: {_one_line(exc)}") from None
+        raise HpplugError(f"import of {ep.value} failed: {one_line(exc)}") from None
     check_class(cls)
     return cls
 
@@ -141,12 +143,6 @@ def _dist_name(ep: metadata.EntryPoint) -> str:
 
 def _target(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _one_line(exc: BaseException) -> str:
-    """The message on one line; prefixed with the exception type unless it is ours."""
-    text = " ".join(str(exc).split())[:400]
-    return text if isinstance(exc, HpplugError) else f"{type(exc).__name__}: {text}"
 
 
 # --- checks: each raises HpplugError with a message that says what would be right -----
@@ -247,7 +243,7 @@ def register_local(name: str, cls: type[Plugin]) -> None:
     Raises :class:`HpplugError` at once if the class would fail discovery's checks.
     """
     if not NAME_PATTERN.match(name):
-        raise HpplugError(f"plugin name {name!r}: use lowercase letters, digits and hyphens, e.g. 'my-plugin'")
+        raise HpplugError(f"plugin name {name[:80]!r}: {NAME_RULE}, e.g. 'my-plugin'")
     try:
         check_class(cls)
     except HpplugError as exc:

@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 
 from hpplug import checkpoint
 from hpplug import data as datasets
-from hpplug import models
+from hpplug import models, preflight
 from hpplug.config import RunConfig
 from hpplug.console import EpochBar
 from hpplug.errors import HpplugError
@@ -156,6 +156,9 @@ def prepare(config: RunConfig, pm: pluggy.PluginManager, plugins: list[Plugin],
     with accelerator.main_process_first():
         data = datasets.load(config.dataset, config.data_root, download=download)
     data = data.to(datasets.placement(data, accelerator.device))
+    # With the real data and the plugins' changes to the config; nothing is allocated if it fails.
+    preflight.check_memory(config, data.input_shape, data.num_classes, len(data.train_y), len(data.test_y),
+                           accelerator.device)
     model = models.build(config.model, data.input_shape, data.num_classes, config.hidden)
     pm.hook.hpplug_adjust_model(model=model, config=config)
     groups = pm.hook.hpplug_param_groups(model=model, config=config) or model.parameters()
