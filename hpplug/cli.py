@@ -11,7 +11,9 @@ import ast
 import json
 import os
 import sys
+import traceback
 import warnings
+from contextvars import ContextVar
 from dataclasses import fields
 from typing import Any
 
@@ -21,7 +23,7 @@ from hpplug import __version__
 from hpplug.config import (OPTIMIZERS, PRECISIONS, SEED_MAX, WANDB_MODES, Count, Folder, Number, RunConfig,
                            WandbName)
 from hpplug.data import DATASETS
-from hpplug.errors import HpplugError
+from hpplug.errors import HpplugError, PluginError, one_line
 from hpplug.models import MODELS
 
 DEFAULTS = RunConfig()
@@ -267,8 +269,20 @@ class HpplugCLI(click.Group):
         return super().get_command(ctx, name)
 
 
+DEBUG_ENV = "HPPLUG_DEBUG"
+# Set by --debug while it is parsed, so that main() knows even when the error comes first.
+_debug: ContextVar[bool] = ContextVar("hpplug_debug", default=False)
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        _debug.set(True)
+
+
 @click.group(cls=HpplugCLI, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hpplug")
+@click.option("--debug", is_flag=True, is_eager=True, expose_value=False, callback=_set_debug,
+              help=f"Show the traceback of an unexpected error or a failing plugin (or set {DEBUG_ENV}=1).")
 def cli() -> None:
     """hpplug: tune PyTorch training runs with plugins, tracked in Weights & Biases."""
 
@@ -312,9 +326,21 @@ def _describe(entry: Any) -> dict[str, Any]:
             "error": entry.error}
 
 
+def _unexpected(exc: Exception) -> str:
+    """One line for an error that is not bad input: a failing plugin, a file, anything else."""
+    if isinstance(exc, PluginError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        paths = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        return f"{paths + ': ' if paths else ''}{exc.strerror} ({type(exc).__name__})"
+    return f"unexpected {one_line(exc)}; rerun with `hpplug --debug ...` for the traceback"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one-line errors with exit code 2 for bad input, never a traceback."""
+    """Entry point: one line and exit code 2 for bad input, one line and exit code 1 for a failing
+    plugin or anything unexpected; the traceback only with --debug or HPPLUG_DEBUG=1."""
     warnings.filterwarnings("ignore", message=".*Valid config keys have changed in V2.*")
+    token = _debug.set(os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no"))
     try:
         code = cli.main(args=argv, prog_name="hpplug", standalone_mode=False)
     except click.ClickException as exc:
@@ -326,4 +352,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place every other error becomes one line
+        if _debug.get():
+            traceback.print_exception(exc)
+        click.echo(f"Error: {_unexpected(exc)}", err=True)
+        sys.exit(1)
+    finally:
+        _debug.reset(token)
     sys.exit(code if isinstance(code, int) else 0)

@@ -8,10 +8,12 @@ plugin is imported and checked on its own, and whatever goes wrong becomes a one
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import os
 import re
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -129,11 +131,13 @@ def _load_entry(name: str, eps: list[metadata.EntryPoint]) -> PluginEntry:
 
 def _import_checked(ep: metadata.EntryPoint) -> type[Plugin]:
     _check_requirement(ep.dist)  # first: a plugin made for another hpplug is not even imported
-    try:
-        cls = ep.load()
-    except (Exception, SystemExit) as exc:  # anything a plugin's import can raise
-        raise HpplugError(f"import of {ep.value} failed: {one_line(exc)}") from None
-    check_class(cls)
+    # What a plugin prints while it is imported goes to stderr: stdout may be `plugins --json`.
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            cls = ep.load()
+        except (Exception, SystemExit) as exc:  # anything a plugin's import can raise
+            raise HpplugError(f"import of {ep.value} failed: {one_line(exc)}") from None
+        check_class(cls)
     return cls
 
 
