@@ -8,6 +8,7 @@ same type, so a value refused in one is refused in all.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,6 +34,8 @@ class Number(click.FloatRange):
     name = "float"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, bool) or not isinstance(value, (str, numbers.Real)):  # a W&B config's list
+            self.fail(f"{value!r} is not a number", param, ctx)
         number = click.FLOAT.convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
@@ -46,7 +49,9 @@ class Count(click.IntRange):
     name = "integer"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        fraction = isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) \
+            and not float(value).is_integer()
+        if isinstance(value, bool) or not isinstance(value, (str, numbers.Real)) or fraction:
             self.fail(f"{value!r} is not an integer", param, ctx)
         number = super().convert(value, param, ctx)
         if abs(number) > INT64_MAX:

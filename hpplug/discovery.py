@@ -16,7 +16,7 @@ import re
 import sys
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import Any, Iterator
 
 import pluggy
 from packaging.requirements import InvalidRequirement, Requirement
@@ -131,14 +131,36 @@ def _load_entry(name: str, eps: list[metadata.EntryPoint]) -> PluginEntry:
 
 def _import_checked(ep: metadata.EntryPoint) -> type[Plugin]:
     _check_requirement(ep.dist)  # first: a plugin made for another hpplug is not even imported
-    # What a plugin prints while it is imported goes to stderr: stdout may be `plugins --json`.
-    with contextlib.redirect_stdout(sys.stderr):
+    with _stdout_to_stderr():
         try:
             cls = ep.load()
         except (Exception, SystemExit) as exc:  # anything a plugin's import can raise
             raise HpplugError(f"import of {ep.value} failed: {one_line(exc)}") from None
         check_class(cls)
     return cls
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """What a plugin prints while it is imported goes to stderr (``print``, ``sys.__stdout__``,
+    a subprocess it starts): stdout may be ``hpplug plugins --json``."""
+    streams = [s for s in (sys.stdout, sys.__stdout__) if s is not None]
+    for stream in streams:
+        stream.flush()
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no file descriptors (an embedded interpreter): Python's own stdout only
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for stream in streams:
+            stream.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _dist_name(ep: metadata.EntryPoint) -> str:

@@ -33,8 +33,8 @@ def guard(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
     """Wrap every hook implementation of the registered ``plugin``, and its checkpoint methods."""
     for caller in pm.get_hookcallers(plugin) or []:
         for impl in caller.get_hookimpls():
-            if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
-                _wrap(impl, name, caller.name)
+            if impl.plugin is plugin:
+                (_wrap_wrapper if impl.wrapper or impl.hookwrapper else _wrap)(impl, name, caller.name)
     for method in ("state_dict", "load_state_dict"):
         setattr(plugin, method, _method(getattr(plugin, method), name, method))
 
@@ -46,7 +46,7 @@ def run_guarded(function: Callable[..., Any], args: Any, plugin: str, where: str
         return function(*args)
     except (HpplugError, PluginError):
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit in a hook is a bug too; Ctrl-C passes
         raise PluginError(plugin, where, one_line(exc)) from exc
 
 
@@ -66,6 +66,23 @@ def _wrap(impl: Any, plugin: str, hook: str) -> None:
 
     impl.function = call
     impl.argnames = every
+
+
+def _wrap_wrapper(impl: Any, plugin: str, hook: str) -> None:
+    """A hook wrapper is a generator around the other implementations. What comes out of it
+    is its own doing: whatever it is thrown from inside is already a PluginError."""
+    function = impl.function
+
+    @functools.wraps(function)
+    def call(*args: Any) -> Any:
+        try:
+            return (yield from function(*args))
+        except (HpplugError, PluginError):
+            raise
+        except (Exception, SystemExit) as exc:
+            raise PluginError(plugin, hook, one_line(exc)) from exc
+
+    impl.function = call
 
 
 def _method(method: Callable[..., Any], plugin: str, name: str) -> Callable[..., Any]:

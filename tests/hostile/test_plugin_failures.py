@@ -60,6 +60,33 @@ def test_an_exception_in_any_hook_names_the_plugin_and_the_hook(refused, sandbox
     assert summary["error"] == f"plugin 'flaky' failed in {hook}: {problem}"
 
 
+def test_sys_exit_in_a_hook_is_a_failure_too(refused, sandbox, hpplug_register) -> None:
+    hpplug_register("quitter", plugin_with("hpplug_after_optimizer_step", raise_(SystemExit(3))))
+    line = refused("run", "--plugin", "quitter", *QUICK, code=1, allowed=sandbox.runs).line
+    assert line == "Error: plugin 'quitter' failed in hpplug_after_optimizer_step: SystemExit: 3"
+
+
+class Wrapping(Plugin):
+    """A new-style hook wrapper around the other plugins' LR factors."""
+
+    @hookimpl(wrapper=True)
+    def hpplug_lr_factor(self, progress):
+        factors = yield
+        if os.environ.get("WRAPPING_FAILS"):
+            raise ValueError("wrapped badly")
+        return factors
+
+
+def test_a_hook_wrapper_is_named_and_names_what_it_wraps(refused, sandbox, hpplug_register, monkeypatch) -> None:
+    hpplug_register("wrapping", Wrapping)
+    hpplug_register("flaky", plugin_with("hpplug_lr_factor", raise_(ZeroDivisionError("division by zero"))))
+    line = refused("run", "--plugin", "wrapping", "--plugin", "flaky", *QUICK, code=1, allowed=sandbox.runs).line
+    assert line == "Error: plugin 'flaky' failed in hpplug_lr_factor: ZeroDivisionError: division by zero"
+    monkeypatch.setenv("WRAPPING_FAILS", "1")
+    line = refused("run", "--plugin", "wrapping", *QUICK, code=1, allowed=sandbox.runs).line
+    assert line == "Error: plugin 'wrapping' failed in hpplug_lr_factor: ValueError: wrapped badly"
+
+
 def test_a_plugin_that_cannot_be_constructed(refused, sandbox, hpplug_register) -> None:
     class Fragile(Plugin):
         def __init__(self, **values: Any) -> None:
@@ -221,7 +248,10 @@ def test_a_plugin_printing_at_import_leaves_plugins_json_valid(tmp_path: Path) -
     site = tmp_path / "site"
     (site / "hpplug_chatty").mkdir(parents=True)
     (site / "hpplug_chatty" / "__init__.py").write_text(textwrap.dedent('''
+        import os, sys
         print("hello from hpplug_chatty")
+        sys.__stdout__.write("straight to sys.__stdout__\\n")
+        os.write(1, b"straight to file descriptor 1\\n")
         from hpplug import Plugin
 
         class Chatty(Plugin):
@@ -237,4 +267,6 @@ def test_a_plugin_printing_at_import_leaves_plugins_json_valid(tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr
     rows = {row["name"]: row for row in json.loads(proc.stdout)}
     assert rows["chatty"]["status"] == "active" and rows["chatty"]["distribution"] == "hpplug-chatty"
-    assert "hello from hpplug_chatty" in proc.stderr and "defining Chatty" in proc.stderr
+    for said in ("hello from hpplug_chatty", "defining Chatty", "straight to sys.__stdout__",
+                 "straight to file descriptor 1"):
+        assert said in proc.stderr

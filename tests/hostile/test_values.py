@@ -105,6 +105,7 @@ def test_the_project_rule_is_wandbs_own(name) -> None:
     ("--data-root", "notes.txt", "notes.txt is a file, not a folder"),
     ("--data-root", "notes.txt/data", "notes.txt is a file, not a folder"),
     ("--output-dir", "", "an empty path"),
+    ("--output-dir", "x" * 300 + "/runs", "File name too long"),
 ])
 def test_folders_that_are_files(refused, option, value, says) -> None:
     assert says in refused("run", option, value, *QUICK).line
@@ -143,6 +144,8 @@ def test_a_bad_wandb_mode_through_the_console_script(refused_process) -> None:
     ({"batch_size": 64.5}, "W&B config batch_size=64.5: 64.5 is not an integer"),
     ({"seed": -1}, "W&B config seed=-1: -1 is not in the range 0<=x<=4294967295"),
     ({"project": "a/b"}, "W&B config project='a/b': 'a/b': W&B names cannot contain /"),
+    ({"batch_size": [64]}, "W&B config batch_size=[64]: [64] is not an integer"),
+    ({"lr": {"min": 0.1}}, "W&B config lr={'min': 0.1}: {'min': 0.1} is not a number"),
     ({"plugin": ["cosine"], "cosine.eta_min": float("nan")}, "--cosine.eta_min: nan is not a finite number"),
 ])
 def test_a_sweeps_wandb_config_goes_through_the_same_types(values, says) -> None:
