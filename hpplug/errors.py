@@ -20,7 +20,10 @@ class PluginError(Exception):
 
 def one_line(exc: BaseException, limit: int = 400) -> str:
     """The message on one line; prefixed with the exception type unless it is ours."""
-    text = " ".join(str(exc).split())[:limit]
+    try:
+        text = " ".join(str(exc).split())[:limit]
+    except Exception:  # noqa: BLE001 - a plugin's exception may fail even to print
+        text = "(its message cannot be printed)"
     if isinstance(exc, (HpplugError, PluginError)):
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

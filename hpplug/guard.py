@@ -27,6 +27,9 @@ RESERVED_METRICS = frozenset({"epoch", "lr", "step", "time", "status", "updates"
 RESERVED_PREFIXES = ("train/", "test/", "val/", "best/")
 
 Check = Callable[[Any, dict[str, Any]], "str | None"]
+# Arguments a hook may read but not change: the engine's counters, and the config once set.
+READ_ONLY: dict[str, Callable[[Any], Any]] = {"progress": lambda p: dict(vars(p)), "config": lambda c: c.to_dict()}
+READ_ONLY_HINT = {"progress": " (the engine owns its counters)", "config": " (change it in hpplug_adjust_config)"}
 
 
 def guard(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
@@ -54,12 +57,20 @@ def _wrap(impl: Any, plugin: str, hook: str) -> None:
     """The wrapper takes every argument of the hook (a check sees ``targets`` even when the
     plugin's loss takes only ``logits``) and passes the plugin the ones it asked for."""
     every, own, function, check = HOOKS[hook], impl.argnames, impl.function, CHECKS.get(hook)
+    watched = [name for name in READ_ONLY if name in every and (name, hook) != ("config", "hpplug_adjust_config")]
 
     @functools.wraps(function)
     def call(*args: Any) -> Any:
         arguments = dict(zip(every, args))
+        before = [READ_ONLY[name](arguments[name]) for name in watched]
         result = run_guarded(function, [arguments[a] for a in own], plugin, hook)
-        problem = check(result, arguments) if check is not None else None
+        try:
+            problem = check(result, arguments) if check is not None else None
+        except Exception as exc:  # noqa: BLE001 - a result that breaks when read (a hostile Mapping)
+            problem = f"returned {type(result).__name__} that cannot be read: {one_line(exc)}"
+        for name, seen in zip(watched, before):
+            if not problem and READ_ONLY[name](arguments[name]) != seen:
+                problem = f"changed the {name} it was given, which is read-only here{READ_ONLY_HINT[name]}"
         if problem:
             raise PluginError(plugin, hook, problem)
         return result
@@ -150,7 +161,13 @@ def _param_groups(result: Any, args: dict[str, Any]) -> str | None:
             if id(p) in seen:
                 return f"returned a parameter of shape {list(p.shape)} in more than one group"
             seen.add(id(p))
+        for key in GROUP_NUMBERS & group.keys():
+            if not (_number(group[key]) and math.isfinite(group[key]) and group[key] >= 0):
+                return f"returned group {i} with {key} = {_show(group[key])}: it must be a finite number >= 0"
     return None
+
+
+GROUP_NUMBERS = frozenset({"lr", "weight_decay", "momentum", "dampening", "eps"})
 
 
 def _lr_factor(result: Any, args: dict[str, Any]) -> str | None:
@@ -169,6 +186,8 @@ def _transform_batch(result: Any, args: dict[str, Any]) -> str | None:
         return f"left batch.x = {_show(x)} and batch.y = {_show(y)}; both must be tensors"
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
         return f"left a batch of inputs {list(x.shape)} with labels {list(y.shape)}: one label per input"
+    if not x.is_floating_point():
+        return f"left batch.x as {x.dtype}; the model takes floating-point inputs"
     return None
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import pytest
@@ -58,6 +59,16 @@ def test_an_exception_in_any_hook_names_the_plugin_and_the_hook(refused, sandbox
     assert summary["status"] == "failed"
     assert (summary["error_plugin"], summary["error_hook"]) == ("flaky", hook)
     assert summary["error"] == f"plugin 'flaky' failed in {hook}: {problem}"
+
+
+def test_an_exception_that_cannot_even_be_printed(refused, sandbox, hpplug_register) -> None:
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise ValueError("no")
+
+    hpplug_register("weird", plugin_with("hpplug_lr_factor", raise_(Unprintable())))
+    line = refused("run", "--plugin", "weird", *QUICK, code=1, allowed=sandbox.runs).line
+    assert line == "Error: plugin 'weird' failed in hpplug_lr_factor: Unprintable: (its message cannot be printed)"
 
 
 def test_sys_exit_in_a_hook_is_a_failure_too(refused, sandbox, hpplug_register) -> None:
@@ -116,6 +127,19 @@ def test_a_plugins_checkpoint_state(refused, sandbox, hpplug_register, returned,
     assert failed_record(sandbox)["error_hook"] == "state_dict"
 
 
+class Unreadable(Mapping):
+    """A mapping that fails when read: the check itself must not crash on it."""
+
+    def __getitem__(self, key: str) -> float:
+        raise KeyError(key)
+
+    def __iter__(self) -> Any:
+        raise RuntimeError("no keys for you")
+
+    def __len__(self) -> int:
+        return 1
+
+
 BAD_RESULTS = [
     ("hpplug_lr_factor", lambda self, **a: "0.5", "returned str '0.5', not a number"),
     ("hpplug_lr_factor", lambda self, **a: math.nan, "returned the LR factor nan: it must be a finite number >= 0"),
@@ -134,6 +158,10 @@ BAD_RESULTS = [
     ("hpplug_param_groups", lambda self, model, config: [{"params": 3}], "returned group 0 with params int 3"),
     ("hpplug_param_groups", lambda self, model, config: [{"params": model.parameters()}] * 2,
      "in more than one group"),
+    ("hpplug_param_groups", lambda self, model, config: [{"params": list(model.parameters()), "lr": "fast"}],
+     "returned group 0 with lr = str 'fast': it must be a finite number >= 0"),
+    ("hpplug_param_groups", lambda self, model, config: [{"params": list(model.parameters()),
+                                                          "weight_decay": math.nan}], "weight_decay = float nan"),
     ("hpplug_epoch_end", lambda self, **a: [("extra", 1.0)], "returned list [('extra', 1.0)]: return a dict"),
     ("hpplug_epoch_end", lambda self, **a: {"extra": "high"}, "returned the metric 'extra' = str 'high', not a number"),
     ("hpplug_epoch_end", lambda self, **a: {"extra": torch.tensor(1.0)}, "not a number (use float(...) or .item())"),
@@ -141,6 +169,16 @@ BAD_RESULTS = [
      "left batch.x = list"),
     ("hpplug_transform_batch", lambda self, batch, progress: setattr(batch, "y", batch.y[:1]),
      "left a batch of inputs [256, 1, 8, 8] with labels [1]: one label per input"),
+    ("hpplug_transform_batch", lambda self, batch, progress: setattr(batch, "x", batch.x.long()),
+     "left batch.x as torch.int64; the model takes floating-point inputs"),
+    ("hpplug_lr_factor", lambda self, progress, base_lr: setattr(progress, "update", 0),
+     "changed the progress it was given, which is read-only here (the engine owns its counters)"),
+    ("hpplug_after_optimizer_step", lambda self, model, progress: setattr(progress, "epoch", 99),
+     "changed the progress it was given"),
+    ("hpplug_adjust_model", lambda self, model, config: setattr(config, "lr", 10.0),
+     "changed the config it was given, which is read-only here (change it in hpplug_adjust_config)"),
+    ("hpplug_epoch_end", lambda self, **a: Unreadable(), "returned Unreadable that cannot be read: "
+                                                         "RuntimeError: no keys for you"),
     ("hpplug_adjust_config", lambda self, config: setattr(config, "lr", math.nan),
      "set config.lr = nan: nan is not a finite number"),
     ("hpplug_adjust_config", lambda self, config: setattr(config, "seed", -1),
