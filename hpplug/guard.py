@@ -25,6 +25,8 @@ from hpplug.errors import HpplugError, PluginError, one_line
 RESERVED_METRICS = frozenset({"epoch", "lr", "step", "time", "status", "updates", "epochs_done",
                               "error", "error_plugin", "error_hook"})
 RESERVED_PREFIXES = ("train/", "test/", "val/", "best/")
+# Options of a parameter group that must be finite numbers >= 0 (set_lr multiplies lr).
+GROUP_NUMBERS = frozenset({"lr", "weight_decay", "momentum", "dampening", "eps"})
 
 Check = Callable[[Any, dict[str, Any]], "str | None"]
 # Arguments a hook may read but not change: the engine's counters, and the config once set.
@@ -108,7 +110,10 @@ def _method(method: Callable[..., Any], plugin: str, name: str) -> Callable[...,
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a hostile result
+        text = "(cannot be shown)"
     return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 
@@ -165,9 +170,6 @@ def _param_groups(result: Any, args: dict[str, Any]) -> str | None:
             if not (_number(group[key]) and math.isfinite(group[key]) and group[key] >= 0):
                 return f"returned group {i} with {key} = {_show(group[key])}: it must be a finite number >= 0"
     return None
-
-
-GROUP_NUMBERS = frozenset({"lr", "weight_decay", "momentum", "dampening", "eps"})
 
 
 def _lr_factor(result: Any, args: dict[str, Any]) -> str | None:

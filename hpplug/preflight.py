@@ -41,9 +41,10 @@ def check_wandb_environment(environ: Mapping[str, str]) -> None:
     import wandb
 
     settings = wandb.Settings()
-    for name in names:
+    validate = getattr(settings, "update_from_env_vars", None)  # wandb's own reading of its variables
+    for name in names if validate is not None else ():
         try:
-            settings.update_from_env_vars({name: environ[name]})
+            validate({name: environ[name]})
         except Exception as exc:  # noqa: BLE001 - pydantic's ValidationError, wandb's UsageError, ...
             errors = getattr(exc, "errors", None)
             reason = errors()[0]["msg"] if callable(errors) else one_line(exc)
