@@ -11,16 +11,19 @@ import ast
 import json
 import os
 import sys
+import traceback
 import warnings
+from contextvars import ContextVar
 from dataclasses import fields
 from typing import Any
 
 import click
 
 from hpplug import __version__
-from hpplug.config import OPTIMIZERS, PRECISIONS, WANDB_MODES, RunConfig
+from hpplug.config import (OPTIMIZERS, PRECISIONS, SEED_MAX, WANDB_MODES, Count, Folder, Number, RunConfig,
+                           WandbName)
 from hpplug.data import DATASETS
-from hpplug.errors import HpplugError
+from hpplug.errors import HpplugError, PluginError, one_line
 from hpplug.models import MODELS
 
 DEFAULTS = RunConfig()
@@ -28,23 +31,23 @@ DEFAULTS = RunConfig()
 # (field, click type, help) for every core option of `hpplug run`.
 CORE_OPTIONS: list[tuple[str, Any, str]] = [
     ("dataset", click.Choice(DATASETS), "Dataset; digits is bundled with scikit-learn and needs no network."),
-    ("data_root", click.STRING, "Folder datasets are read from and downloaded to (HPPLUG_OFFLINE=1: never download)."),
+    ("data_root", Folder(), "Folder datasets are read from and downloaded to (HPPLUG_OFFLINE=1: never download)."),
     ("model", click.Choice(tuple(MODELS)), "Model: the article's MLP or a small CNN."),
-    ("hidden", click.IntRange(1), "Hidden units of the last hidden layer."),
-    ("epochs", click.IntRange(1), "Epochs to train."),
-    ("batch_size", click.IntRange(1), "Samples per process per micro-batch."),
-    ("lr", click.FloatRange(0, min_open=True), "Base learning rate (before LR plugins)."),
+    ("hidden", Count(1), "Hidden units of the last hidden layer."),
+    ("epochs", Count(1), "Epochs to train."),
+    ("batch_size", Count(1), "Samples per process per micro-batch."),
+    ("lr", Number(0, min_open=True), "Base learning rate (before LR plugins)."),
     ("optimizer", click.Choice(OPTIMIZERS), "Optimizer."),
-    ("momentum", click.FloatRange(0, 1, max_open=True), "SGD momentum."),
-    ("seed", click.INT, "Random seed: weights, sample order and augmentation draws."),
+    ("momentum", Number(0, 1, max_open=True), "SGD momentum."),
+    ("seed", Count(0, SEED_MAX), "Random seed: weights, sample order and augmentation draws."),
     ("mixed_precision", click.Choice(PRECISIONS), "Autocast precision; fp16 needs a CUDA GPU."),
-    ("grad_accum", click.IntRange(1), "Micro-batches per optimizer update."),
+    ("grad_accum", Count(1), "Micro-batches per optimizer update."),
     ("wandb_mode", click.Choice(WANDB_MODES), "W&B mode [default: online with credentials, else offline]."),
-    ("project", click.STRING, "W&B project."),
-    ("output_dir", click.STRING, "Where run records (and offline W&B runs) are written."),
-    ("log_every", click.IntRange(1), "Log train loss and LR every N updates."),
+    ("project", WandbName(), "W&B project."),
+    ("output_dir", Folder(writable=True), "Where run records (and offline W&B runs) are written."),
+    ("log_every", Count(1), "Log train loss and LR every N updates."),
     ("checkpoint_every", click.STRING, "Checkpoint every N updates (200, 200updates) or epochs (1epoch)."),
-    ("eval_batch_size", click.IntRange(1), "Batch size for evaluation."),
+    ("eval_batch_size", Count(1), "Batch size for evaluation."),
 ]
 OPTION_TYPES = {name: ctype for name, ctype, _ in CORE_OPTIONS}
 
@@ -226,16 +229,18 @@ def run_command(catalog: dict[str, Any]) -> click.Command:
     """``hpplug run``, with one option per parameter of every installed plugin."""
 
     def callback(plugin: tuple[str, ...], resume: str | None, **kwargs: Any) -> None:
-        from hpplug import engine
+        from hpplug import engine, preflight
 
         ctx = click.get_current_context()
         _reject_extra_args(ctx.args, catalog)
         raw = _plugin_values(catalog, kwargs)
+        preflight.check_run_id(os.environ)  # it may name the folder to resume
         resume_dir = _resume_dir(resume, kwargs["output_dir"])
         if resume_dir is not None:
             config, entries = resumed_config(catalog, resume_dir)
         else:
             config, entries = build_config(catalog, split_plugin_names(plugin), raw, kwargs)
+        preflight.check(config, os.environ)
         result = engine.run(config, entries, apply_overrides=sweep_overrides(catalog), resume_dir=resume_dir)
         report(result)
 
@@ -283,8 +288,20 @@ class HpplugCLI(click.Group):
         return super().get_command(ctx, name)
 
 
+DEBUG_ENV = "HPPLUG_DEBUG"
+# Set by --debug while it is parsed, so that main() knows even when the error comes first.
+_debug: ContextVar[bool] = ContextVar("hpplug_debug", default=False)
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        _debug.set(True)
+
+
 @click.group(cls=HpplugCLI, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hpplug")
+@click.option("--debug", is_flag=True, is_eager=True, expose_value=False, callback=_set_debug,
+              help=f"Show the traceback of an unexpected error or a failing plugin (or set {DEBUG_ENV}=1).")
 def cli() -> None:
     """hpplug: tune PyTorch training runs with plugins, tracked in Weights & Biases."""
 
@@ -328,9 +345,21 @@ def _describe(entry: Any) -> dict[str, Any]:
             "error": entry.error}
 
 
+def _unexpected(exc: Exception) -> str:
+    """One line for an error that is not bad input: a failing plugin, a file, anything else."""
+    if isinstance(exc, PluginError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        paths = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        return f"{paths + ': ' if paths else ''}{exc.strerror} ({type(exc).__name__})"
+    return f"unexpected {one_line(exc)}; rerun with `hpplug --debug ...` for the traceback"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one-line errors with exit code 2 for bad input, never a traceback."""
+    """Entry point: one line and exit code 2 for bad input, one line and exit code 1 for a failing
+    plugin or anything unexpected; the traceback only with --debug or HPPLUG_DEBUG=1."""
     warnings.filterwarnings("ignore", message=".*Valid config keys have changed in V2.*")
+    token = _debug.set(os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no"))
     try:
         code = cli.main(args=argv, prog_name="hpplug", standalone_mode=False)
     except click.ClickException as exc:
@@ -342,4 +371,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place every other error becomes one line
+        if _debug.get():
+            traceback.print_exception(exc)
+        click.echo(f"Error: {_unexpected(exc)}", err=True)
+        sys.exit(1)
+    finally:
+        _debug.reset(token)
     sys.exit(code if isinstance(code, int) else 0)

@@ -1,13 +1,115 @@
-"""One resolved run configuration: defaults < command line < ``wandb.config`` in a sweep."""
+"""One resolved run configuration: defaults < command line < ``wandb.config`` in a sweep.
+
+Also the value types of its options. Every place a value arrives (command line, a sweep's
+``wandb.config``, a sweep YAML, a plugin's ``hpplug_adjust_config``) converts it with the
+same type, so a value refused in one is refused in all.
+"""
 
 from __future__ import annotations
 
+import math
+import numbers
+import os
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
+
+import click
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRECISIONS = ("no", "bf16", "fp16")
 WANDB_MODES = ("online", "offline", "disabled")
+
+INT64_MAX = 2**63 - 1  # the largest integer torch and W&B store
+SEED_MAX = 2**32 - 1  # numpy's seed (accelerate's set_seed seeds numpy too)
+# W&B refuses these in a project name, and names longer than this (wandb_settings.validate_project).
+WANDB_FORBIDDEN = "/\\#?%:"
+WANDB_NAME_MAX = 128
+
+
+class Number(click.FloatRange):
+    """A float range that refuses NaN and infinity: every comparison with NaN is False, so a
+    plain ``FloatRange`` lets it through (and ``1e400`` is infinity)."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, bool) or not isinstance(value, (str, numbers.Real)):  # a W&B config's list
+            self.fail(f"{value!r} is not a number", param, ctx)
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+class Count(click.IntRange):
+    """An integer range that refuses fractions and infinity (a W&B config may hold floats:
+    click's ``INT`` truncates 64.5 and crashes on inf) and integers torch and W&B cannot store."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        fraction = isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) \
+            and not float(value).is_integer()
+        if isinstance(value, bool) or not isinstance(value, (str, numbers.Real)) or fraction:
+            self.fail(f"{value!r} is not an integer", param, ctx)
+        number = super().convert(value, param, ctx)
+        if abs(number) > INT64_MAX:
+            self.fail(f"{number} is too large: torch and W&B store integers up to 2**63 - 1", param, ctx)
+        return number
+
+
+class WandbName(click.ParamType):
+    """A name W&B accepts: its own rules (no ``/ \\ # ? % :``, at most 128 characters), not
+    empty and printable, checked before any run starts instead of failing inside ``wandb.init``."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        found = sorted(set(WANDB_FORBIDDEN) & set(text))
+        if not text.strip():
+            self.fail("a W&B name must not be empty", param, ctx)
+        elif found:
+            self.fail(f"{text!r}: W&B names cannot contain {' '.join(found)} "
+                      f"(forbidden: {' '.join(WANDB_FORBIDDEN)})", param, ctx)
+        elif len(text) > WANDB_NAME_MAX:
+            self.fail(f"{text[:40]!r}... is {len(text)} characters; W&B allows at most {WANDB_NAME_MAX}",
+                      param, ctx)
+        elif not text.isprintable():
+            self.fail(f"{text!r} holds control characters; use printable characters", param, ctx)
+        return text
+
+
+class Folder(click.ParamType):
+    """A folder to read from or write into, created when missing: refused when it, or a folder
+    above it, is a file, or (``writable``) when the folder it would be made in is not writable."""
+
+    name = "directory"
+
+    def __init__(self, writable: bool = False) -> None:
+        self.writable = writable
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+        if not text:
+            self.fail("an empty path; name a folder", param, ctx)
+        if "\0" in text:
+            self.fail(f"{text!r} contains a NUL character", param, ctx)
+        path = Path(text)
+        for existing in (path, *path.parents):
+            try:
+                if not existing.exists():
+                    continue
+            except OSError as exc:
+                self.fail(f"{text}: {exc.strerror}", param, ctx)
+            if not existing.is_dir():
+                within = "" if existing == path else f", so {text} cannot be a folder"
+                self.fail(f"{existing} is a file, not a folder{within}", param, ctx)
+            if self.writable and not os.access(existing, os.W_OK | os.X_OK):
+                self.fail(f"{text}: cannot write in {existing} (permission denied)", param, ctx)
+            break
+        return text
 
 
 @dataclass

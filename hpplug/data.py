@@ -96,6 +96,10 @@ def _torchvision(name: str, root: Path, download: bool) -> TensorDataset:
 
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+# What each holds, known before it is read (a run's memory is checked before anything is
+# written): image shape, classes, training and test samples.
+SIZES = {"digits": ((1, 8, 8), 10, 1437, 360), "mnist": ((1, 28, 28), 10, 60_000, 10_000),
+         "fashion-mnist": ((1, 28, 28), 10, 60_000, 10_000), "cifar10": ((3, 32, 32), 10, 50_000, 10_000)}
 
 
 def load(name: str, root: str | Path, download: bool = True) -> TensorDataset:

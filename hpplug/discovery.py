@@ -8,13 +8,15 @@ plugin is imported and checked on its own, and whatever goes wrong becomes a one
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import os
 import re
+import sys
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import Any, Iterator
 
 import pluggy
 from packaging.requirements import InvalidRequirement, Requirement
@@ -22,7 +24,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
 from hpplug import __version__, hookspecs
-from hpplug.errors import HpplugError
+from hpplug.errors import HpplugError, one_line
 from hpplug.plugin import Param, Plugin
 
 GROUP = "hpplug"
@@ -32,8 +34,10 @@ BUILTIN_DISTRIBUTIONS = frozenset(
 )
 DISABLE_AUTOLOAD_ENV = "HPPLUG_DISABLE_PLUGIN_AUTOLOAD"
 LOCAL_DISTRIBUTION = "<in-process>"
-# Plugin names go on the command line (--plugin NAME, --NAME.param) and into W&B keys.
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+# Plugin names go on the command line (--plugin NAME, --NAME.param), into W&B keys and folder
+# names (hpplug new-plugin): never a path separator, a dot or an over-long file name.
+NAME_PATTERN = re.compile(r"^(?=.{1,64}$)[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+NAME_RULE = "use lowercase letters, digits and hyphens, starting with a letter, at most 64 characters"
 # Every hook hpplug calls: name -> the arguments it passes.
 HOOKS = {
     name: tuple(inspect.signature(spec).parameters)
@@ -114,7 +118,7 @@ def _load_entry(name: str, eps: list[metadata.EntryPoint]) -> PluginEntry:
     if third_party_disabled() and not entry.builtin:
         entry.disabled = True
     elif not NAME_PATTERN.match(name):
-        entry.error = f"{name!r} is not a valid plugin name: use lowercase letters, digits and hyphens"
+        entry.error = f"{name[:80]!r} is not a valid plugin name: {NAME_RULE}"
     elif len(eps) > 1:
         dists = " and ".join(_dist_name(e) for e in eps)
         entry.error = f"{len(eps)} distributions register a plugin named {name!r}: {dists}; uninstall all but one"
@@ -122,18 +126,42 @@ def _load_entry(name: str, eps: list[metadata.EntryPoint]) -> PluginEntry:
         try:
             entry.cls = _import_checked(ep)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, never raised
-            entry.error = _one_line(exc)
+            entry.error = one_line(exc)
     return entry
 
 
 def _import_checked(ep: metadata.EntryPoint) -> type[Plugin]:
     _check_requirement(ep.dist)  # first: a plugin made for another hpplug is not even imported
-    try:
-        cls = ep.load()
-    except (Exception, SystemExit) as exc:  # anything a plugin's import can raise
-        raise HpplugError(f"import of {ep.value} failed: {_one_line(exc)}") from None
-    check_class(cls)
+    with _stdout_to_stderr():
+        try:
+            cls = ep.load()
+        except (Exception, SystemExit) as exc:  # anything a plugin's import can raise
+            raise HpplugError(f"import of {ep.value} failed: {one_line(exc)}") from None
+        check_class(cls)
     return cls
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """What a plugin prints while it is imported goes to stderr (``print``, ``sys.__stdout__``,
+    a subprocess it starts): stdout may be ``hpplug plugins --json``."""
+    streams = [s for s in (sys.stdout, sys.__stdout__) if s is not None]
+    for stream in streams:
+        stream.flush()
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no file descriptors (an embedded interpreter): Python's own stdout only
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for stream in streams:
+            stream.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _dist_name(ep: metadata.EntryPoint) -> str:
@@ -142,12 +170,6 @@ def _dist_name(ep: metadata.EntryPoint) -> str:
 
 def _target(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _one_line(exc: BaseException) -> str:
-    """The message on one line; prefixed with the exception type unless it is ours."""
-    text = " ".join(str(exc).split())[:400]
-    return text if isinstance(exc, HpplugError) else f"{type(exc).__name__}: {text}"
 
 
 # --- checks: each raises HpplugError with a message that says what would be right -----
@@ -248,7 +270,7 @@ def register_local(name: str, cls: type[Plugin]) -> None:
     Raises :class:`HpplugError` at once if the class would fail discovery's checks.
     """
     if not NAME_PATTERN.match(name):
-        raise HpplugError(f"plugin name {name!r}: use lowercase letters, digits and hyphens, e.g. 'my-plugin'")
+        raise HpplugError(f"plugin name {name[:80]!r}: {NAME_RULE}, e.g. 'my-plugin'")
     try:
         check_class(cls)
     except HpplugError as exc:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable
 
 import pluggy
@@ -25,10 +27,10 @@ from accelerate.utils import set_seed
 
 from hpplug import checkpoint
 from hpplug import data as datasets
-from hpplug import models
+from hpplug import models, preflight
 from hpplug.config import RunConfig
 from hpplug.console import EpochBar
-from hpplug.errors import HpplugError
+from hpplug.errors import HpplugError, summary_fields
 from hpplug.plugin import Batch, Plugin, Progress
 from hpplug.tracking import Tracker
 
@@ -174,6 +176,9 @@ def prepare(config: RunConfig, pm: pluggy.PluginManager, plugins: list[Plugin],
     with accelerator.main_process_first():
         data = datasets.load(config.dataset, config.data_root, download=download)
     data = data.to(datasets.placement(data, accelerator.device))
+    # With the real data and the plugins' changes to the config; nothing is allocated if it fails.
+    preflight.check_memory(config, data.input_shape, data.num_classes, len(data.train_y), len(data.test_y),
+                           accelerator.device)
     model = models.build(config.model, data.input_shape, data.num_classes, config.hidden)
     pm.hook.hpplug_adjust_model(model=model, config=config)
     groups = pm.hook.hpplug_param_groups(model=model, config=config) or model.parameters()
@@ -195,7 +200,10 @@ def set_lr(loop: Loop) -> float:
     """Apply the plugins' factors for the next update; returns the LR of the first group."""
     factor = 1.0
     for f in loop.hook.hpplug_lr_factor(progress=loop.progress, base_lr=loop.config.lr):
-        factor *= f
+        factor *= f  # each a finite number >= 0 (hpplug.guard); their product may still overflow
+    if not math.isfinite(loop.base_lrs[0] * factor):
+        raise HpplugError(f"the LR plugins' factors multiply to {factor!r} at update {loop.progress.update}: "
+                          f"the LR {loop.base_lrs[0]} x {factor!r} is not a finite number")
     for group, base in zip(loop.optimizer.param_groups, loop.base_lrs):
         group["lr"] = base * factor
     return loop.base_lrs[0] * factor
@@ -344,10 +352,11 @@ def fit(loop: Loop, bar_factory: Callable[..., Any]) -> dict[str, float]:
         with bar_factory(p) as bar:
             metrics = train_epoch(loop, bar)
             metrics.update(evaluate(loop))
-            loop.hook.hpplug_evaluation_end(metrics=metrics, progress=p)
+            # Read-only views: the metrics a sweep optimizes are the engine's (extras: hpplug.guard).
+            loop.hook.hpplug_evaluation_end(metrics=MappingProxyType(metrics), progress=p)
             p.epoch += 1
-            for extra in loop.hook.hpplug_epoch_end(metrics=metrics, progress=p):
-                metrics.update(extra or {})
+            for extra in loop.hook.hpplug_epoch_end(metrics=MappingProxyType(metrics), progress=p):
+                metrics.update(extra)
             metrics["epoch"] = p.epoch
             bar.epoch_done(metrics)
         loop.state.history.append(metrics)
@@ -441,6 +450,9 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
         raise
     finally:
         summary = _summary(loop, final)
+        failure = sys.exc_info()[1]  # only an exception leaves the status failed: this one
+        if status == "failed" and failure is not None:
+            summary.update(summary_fields(failure))
         hint = tracker.finish(summary, status)
     return RunResult(run_id, status, summary, str(tracker.record_dir), hint, signum,
                      accelerator.is_main_process)

@@ -8,6 +8,7 @@ re-exported here, so ``manager.discover`` and the like keep working.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pluggy
@@ -17,6 +18,7 @@ from hpplug.discovery import (BUILTIN_DISTRIBUTIONS, DISABLE_AUTOLOAD_ENV, GROUP
                               NAME_PATTERN, PluginEntry, check_class, discover, register_local,
                               third_party_disabled, unregister_local)
 from hpplug.errors import HpplugError
+from hpplug.guard import guard, run_guarded
 from hpplug.plugin import Plugin
 
 __all__ = [
@@ -69,12 +71,18 @@ def check_slots(entries: list[PluginEntry]) -> None:
 
 
 def build(entries: list[PluginEntry], values: dict[str, dict[str, Any]]) -> tuple[pluggy.PluginManager, list[Plugin]]:
-    """Instantiate the chosen plugins with validated values and register them in order."""
+    """Instantiate the chosen plugins with validated values and register them in order.
+
+    Every hook implementation is guarded (:mod:`hpplug.guard`): whatever a plugin raises or
+    wrongly returns, at any call site, becomes a PluginError naming the plugin and the hook.
+    """
     pm = new_plugin_manager()
-    plugins = [entry.cls(**values.get(entry.name, {})) for entry in entries]
+    plugins = [run_guarded(functools.partial(entry.cls, **values.get(entry.name, {})), (), entry.name, "__init__")
+               for entry in entries]
     # pluggy calls the last registered first: register in reverse so hooks run in CLI order.
     for entry, plugin in reversed(list(zip(entries, plugins))):
         pm.register(plugin, name=entry.name)
+        guard(pm, plugin, entry.name)
     return pm, plugins
 
 

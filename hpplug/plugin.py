@@ -55,11 +55,12 @@ class Param:
         value = self._convert(raw)
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"{raw!r} is not {self.describe_range()}")
-        if self.type in (int, float):
-            if not math.isfinite(value):
+        numbers = value if self.type is tuple else (value,) if self.type in (int, float) else ()
+        for number in numbers:  # a tuple's every item, like a single number
+            if not math.isfinite(number):
                 raise ValueError(f"{raw!r} is not a finite number")
-            if (self.min is not None and value < self.min) or (
-                self.max is not None and value > self.max
+            if (self.min is not None and number < self.min) or (
+                self.max is not None and number > self.max
             ):
                 raise ValueError(f"{raw!r} is out of range: expected {self.describe_range()}")
         return value

@@ -16,7 +16,8 @@ import click
 
 from hpplug import __version__
 from hpplug.errors import HpplugError
-from hpplug.discovery import GROUP, NAME_PATTERN
+from hpplug.config import Folder
+from hpplug.discovery import GROUP, NAME_PATTERN, NAME_RULE
 
 PYPROJECT = Template('''\
 [build-system]
@@ -160,9 +161,8 @@ def names_for(name: str) -> dict[str, str]:
 
 def write_plugin(name: str, parent: Path) -> Path:
     """Write ``parent/hpplug-NAME/`` and return it; raises HpplugError for a bad NAME."""
-    if not NAME_PATTERN.match(name):
-        raise HpplugError(f"plugin name {name!r}: use lowercase letters, digits and hyphens, "
-                          "starting with a letter, e.g. my-thing")
+    if not NAME_PATTERN.match(name):  # so NAME can never be a path: no separator, no dot
+        raise HpplugError(f"plugin name {name[:80]!r}: {NAME_RULE}, e.g. my-thing")
     if name.startswith("hpplug-"):
         raise HpplugError(f"NAME is the plugin's own name: `hpplug new-plugin {name[7:]}` "
                           f"writes the package {name}")
@@ -189,15 +189,15 @@ def write_plugin(name: str, parent: Path) -> Path:
 @click.command("new-plugin", short_help="Write a new plugin package: entry point, module, README, test.")
 @click.argument("name")
 @click.option("--directory", "-d", default=".", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Folder to write hpplug-NAME/ in.")
-def new_plugin_command(name: str, directory: Path) -> None:
+              type=Folder(writable=True), help="Folder to write hpplug-NAME/ in.")
+def new_plugin_command(name: str, directory: str) -> None:
     """Write a plugin package hpplug-NAME/ ready to test, install and publish.
 
     It holds a pyproject.toml with the entry point, the plugin module (a Plugin subclass
     with one hook and one parameter), a README and a test that passes as written. NAME is
     the plugin's name on the command line: lowercase letters, digits and hyphens.
     """
-    root = write_plugin(name, directory)
+    root = write_plugin(name, Path(directory))
     n = names_for(name)
     click.echo(f"Wrote {root}/: plugin {name} (class {n['cls']} in {n['module']}/__init__.py)\n"
                f"Next:\n"

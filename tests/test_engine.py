@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hpplug import HpplugError, Plugin, hookimpl
+from hpplug.errors import PluginError
 
 
 def _metrics(result):
@@ -118,7 +119,7 @@ def test_a_failed_run_keeps_its_record_and_says_failed(hpplug_register, hpplug_t
                 raise RuntimeError("boom")
 
     hpplug_register("boom", Boom)
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(PluginError, match="plugin 'boom' failed in hpplug_after_optimizer_step: RuntimeError: boom"):
         hpplug_train(["boom"], epochs=2, log_every=5)
     (record,) = (tmp_path / "runs").iterdir()
     assert json.loads((record / "summary.json").read_text())["status"] == "failed"
