@@ -229,12 +229,12 @@ def run_command(catalog: dict[str, Any]) -> click.Command:
     """``hpplug run``, with one option per parameter of every installed plugin."""
 
     def callback(plugin: tuple[str, ...], resume: str | None, **kwargs: Any) -> None:
-        from hpplug import engine, preflight
+        from hpplug import engine, preflight, record
 
         ctx = click.get_current_context()
         _reject_extra_args(ctx.args, catalog)
         raw = _plugin_values(catalog, kwargs)
-        preflight.check_run_id(os.environ)  # it may name the folder to resume
+        record.env_run_id()  # it may name the folder to resume: checked first
         resume_dir = _resume_dir(resume, kwargs["output_dir"])
         if resume_dir is not None:
             config, entries = resumed_config(catalog, resume_dir)

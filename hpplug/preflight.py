@@ -10,26 +10,15 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping
 import torch
 
 from hpplug.config import RunConfig
 from hpplug.errors import HpplugError, one_line
 
-# A run id names the record folder (<output-dir>/<run-id>): no separators, no leading dot.
-RUN_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
 # Tensors of state the optimizer keeps per parameter.
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}
 FLOAT_BYTES = 4
-
-
-def check_run_id(environ: Mapping[str, str]) -> None:
-    """``WANDB_RUN_ID`` becomes a folder name: refuse one that would leave ``--output-dir``."""
-    run_id = environ.get("WANDB_RUN_ID")
-    if run_id and not RUN_ID.match(run_id):
-        raise HpplugError(f"WANDB_RUN_ID={run_id!r}: the run id names the run's record folder; use letters, "
-                          "digits, '-', '_' and '.' (not first), at most 128 characters, or unset it")
 
 
 def check_wandb_environment(environ: Mapping[str, str]) -> None:

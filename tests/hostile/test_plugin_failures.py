@@ -277,8 +277,8 @@ def test_an_os_error_names_the_path_and_the_reason(refused, monkeypatch) -> None
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
 
     monkeypatch.setattr(pathlib.Path, "mkdir", full)
-    line = refused("run", *QUICK, code=1).line
-    assert line.startswith("Error: runs/") and line.endswith(": No space left on device (OSError)")
+    line = refused("run", *QUICK).line
+    assert line.startswith("Error: cannot write runs/") and "No space left on device" in line
 
 
 def test_a_plugin_printing_at_import_leaves_plugins_json_valid(tmp_path: Path) -> None:

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from hpplug.errors import PluginError
 import torch
 from safetensors.torch import load_file
 
@@ -354,7 +356,7 @@ def cut_run(hpplug_register, hpplug_train, tmp_path):
     Switch.crash_at, Switch.fail_setup = -1, False
     base = Path(hpplug_train(output_dir=str(tmp_path / "a"), **options).record_dir)
     Switch.crash_at = 35
-    with pytest.raises(Crash):
+    with pytest.raises(PluginError, match="crash at update"):
         hpplug_train(output_dir=str(tmp_path / "b"), **options)
     Switch.crash_at = -1
     (cut,) = (tmp_path / "b").iterdir()
@@ -383,7 +385,7 @@ def test_resume_failing_before_training_leaves_the_record(cut_run):
     before = snapshot(cut)
     config, entries = resumed_config(discovery.discover(), cut)
     Switch.fail_setup = True
-    with pytest.raises(RuntimeError, match="set-up failed"):
+    with pytest.raises(PluginError, match="set-up failed"):
         engine.run(config, entries, resume_dir=cut, show_progress=False)
     assert snapshot(cut) == before
 
@@ -396,7 +398,7 @@ def test_resume_failing_during_training_keeps_earlier_metrics(cut_run):
     earlier = rows(cut)
     config, entries = resumed_config(discovery.discover(), cut)
     Switch.crash_at = 41
-    with pytest.raises(Crash):
+    with pytest.raises(PluginError, match="crash at update"):
         engine.run(config, entries, resume_dir=cut, show_progress=False)
     now = rows(cut)
     assert now[:len(earlier)] == earlier and now[-1]["step"] == 40
