@@ -37,18 +37,21 @@ def require_engine() -> None:
 
 
 def check(path: str | Path, catalog: dict[str, Any]) -> SweepSpec:
-    """Load and check a sweep YAML; print every problem and exit 2 when there are any."""
-    from hpplug import sweep_spec
+    """Load and check a sweep YAML: one problem is one error line; several are listed
+    (exit 2 either way)."""
+    from hpplug import sweep_checks, sweep_spec
 
     spec, found = sweep_spec.load(path)
     if spec is not None:
-        found = sweep_spec.problems(spec, catalog)
+        found = sweep_checks.problems(spec, catalog)
+    if len(found) == 1:
+        raise HpplugError(f"{path} cannot run as a sweep: {found[0]}")
     if found:
         click.echo(f"Error: {path} cannot run as a sweep ({len(found)} problem{'s' * (len(found) > 1)}):", err=True)
         for problem in found:
             click.echo(f"  - {problem}", err=True)
         sys.exit(2)
-    for warning in sweep_spec.warnings_for(spec):
+    for warning in sweep_checks.warnings_for(spec):
         click.echo(f"Warning: {warning}", err=True)
     return spec
 
