@@ -198,7 +198,7 @@ class Adopted:
 
     def poll(self) -> int | None:
         held = alive(self.lock)
-        if self.proc is not None and held is not False:
+        if self.proc is not None and (held is not False or not self.lock.exists()):
             held = self._proc_alive()  # the trial's own process, not a stray child holding the file
         return None if held else -1
 
@@ -214,10 +214,13 @@ class Adopted:
 
 def adopt(lock: Path, pid: int | None, started: float | None) -> Adopted | None:
     """The trial's live process, started by an earlier runner; None when it has ended (or
-    never started). Its pid is found through the lock when it was never recorded."""
+    never started). Its pid is found through the lock when it was never recorded; without a
+    lock file (a trial started by a runner before locks), by its recorded pid alone."""
     held = alive(lock)
     proc = _same_process(pid, started)
-    if held is False or (held is None and proc is None):
+    if proc is None and not held:
+        return None
+    if held is False and lock.exists():
         return None
     if proc is None:
         found = _holders(lock)
