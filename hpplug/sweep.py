@@ -19,8 +19,11 @@ from typing import Any
 import click
 
 from hpplug.errors import HpplugError
-from hpplug.sweep_spec import SweepSpec, expand_command, trial_values
+from hpplug.sweep_spec import SweepSpec
 
+MAX_PARALLEL = 64
+# What a sweep folder may hold before its sweep.json exists (a runner killed at its start).
+_FRESH = ("sweep.lock", "logs")
 
 
 def require_engine() -> None:
@@ -37,26 +40,62 @@ def require_engine() -> None:
 
 
 def check(path: str | Path, catalog: dict[str, Any]) -> SweepSpec:
-    """Load and check a sweep YAML; print every problem and exit 2 when there are any."""
-    from hpplug import sweep_spec
+    """Load and check a sweep YAML: one problem is one error line; several are listed
+    (exit 2 either way)."""
+    from hpplug import sweep_checks, sweep_spec
 
     spec, found = sweep_spec.load(path)
     if spec is not None:
-        found = sweep_spec.problems(spec, catalog)
+        found = sweep_checks.problems(spec, catalog)
+    if len(found) == 1:
+        raise HpplugError(f"{path} cannot run as a sweep: {found[0]}")
     if found:
         click.echo(f"Error: {path} cannot run as a sweep ({len(found)} problem{'s' * (len(found) > 1)}):", err=True)
         for problem in found:
             click.echo(f"  - {problem}", err=True)
         sys.exit(2)
-    for warning in sweep_spec.warnings_for(spec):
+    for warning in sweep_checks.warnings_for(spec):
         click.echo(f"Warning: {warning}", err=True)
     return spec
+
+
+def sweep_folder(sweep_dir: str | None, spec: SweepSpec) -> Path:
+    """The sweep's folder: ``--dir``, or ``sweeps-runs/<sweep id>``. Everything the sweep
+    writes goes inside it, so it must be named plainly, and be new, empty or a sweep's."""
+    if sweep_dir is None:
+        return Path("sweeps-runs") / spec.sweep_id
+    folder = Path(sweep_dir)
+    if "\0" in sweep_dir or not sweep_dir.strip() or ".." in folder.parts:
+        raise HpplugError(f"--dir {sweep_dir!r}: name the sweep folder plainly, without '..' "
+                          "(a relative or an absolute path)")
+    if folder.exists() and not folder.is_dir():
+        raise HpplugError(f"--dir {sweep_dir}: is a file; give a new or empty folder, or an existing sweep's folder")
+    if folder.is_dir() and not (folder / "sweep.json").exists():
+        others = sorted(p.name for p in folder.iterdir() if p.name not in _FRESH and not p.name.startswith(".sweep.json."))
+        if others:
+            raise HpplugError(f"--dir {sweep_dir}: holds other files ({', '.join(others[:3])}) and no sweep.json; "
+                              "give a new or empty folder, or an existing sweep's folder")
+    return folder
+
+
+def write_template(text: str, output: str) -> None:
+    """Write a template YAML to a new file; an existing file is never overwritten."""
+    from hpplug.atomic import write_text_atomic
+
+    path = Path(output)
+    try:
+        if path.exists():
+            raise HpplugError(f"-o {output}: exists; give a new file name (a template never overwrites a file)")
+        write_text_atomic(path, text)
+    except (OSError, ValueError) as exc:
+        raise HpplugError(f"-o {output}: cannot write it: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 @click.command("sweep", context_settings={"max_content_width": 100})
 @click.argument("yaml_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--count", type=click.IntRange(1), help="Start at most N new trials now (like wandb agent --count).")
-@click.option("--parallel", type=click.IntRange(1), default=1, show_default=True, help="Trials run at once.")
+@click.option("--parallel", type=click.IntRange(1, MAX_PARALLEL), default=1, show_default=True,
+              help=f"Trials run at once (at most {MAX_PARALLEL}).")
 @click.option("--dir", "sweep_dir", type=click.Path(file_okay=False),
               help="Sweep folder [default: sweeps-runs/<sweep id>, the id from the YAML's path and content].")
 @click.option("--wandb-mode", type=click.Choice(["online", "offline", "disabled"]),
@@ -81,8 +120,7 @@ def sweep_command(yaml_file: str | None, count: int | None, parallel: int, sweep
     """
     from hpplug.cli import split_plugin_names
     from hpplug.manager import discover
-    from hpplug import sweep_report, sweep_template
-    from hpplug.sweep_runner import Runner
+    from hpplug import sweep_template
 
     catalog = discover()
     if template:
@@ -90,7 +128,7 @@ def sweep_command(yaml_file: str | None, count: int | None, parallel: int, sweep
             raise HpplugError("--template writes a new YAML; give no sweep file with it (use -o FILE)")
         text = sweep_template.template(catalog, split_plugin_names(plugins), method)
         if output:
-            Path(output).write_text(text)
+            write_template(text, output)
             click.echo(f"wrote {output}; run it with: hpplug sweep {output}")
         else:
             click.echo(text, nl=False)
@@ -99,21 +137,30 @@ def sweep_command(yaml_file: str | None, count: int | None, parallel: int, sweep
         raise HpplugError("give a sweep YAML (e.g. sweeps/bayes.yaml), or --template to write one")
     require_engine()
     spec = check(yaml_file, catalog)
-    folder = Path(sweep_dir) if sweep_dir else Path("sweeps-runs") / spec.sweep_id
-    runner = Runner(spec, folder, parallel=parallel, count=count, wandb_mode=wandb_mode, seed=seed)
+    try:
+        run_sweep(spec, sweep_folder(sweep_dir, spec), yaml_file, dry_run,
+                  dict(parallel=parallel, count=count, wandb_mode=wandb_mode, seed=seed))
+    except OSError as exc:  # the sweep folder cannot be read or written (permissions, a full disk)
+        raise HpplugError(f"{exc.filename or 'the sweep folder'}: {exc.strerror or exc}") from None
+
+
+def run_sweep(spec: SweepSpec, folder: Path, yaml_file: str, dry_run: bool, options: dict[str, Any]) -> None:
+    """Run (or, with ``dry_run``, show the next trial of) a checked sweep in ``folder``."""
+    from hpplug import sweep_report
+    from hpplug.sweep_runner import Runner
+
+    runner = Runner(spec, folder, **options)
     if dry_run:
         runner.load()
-        suggestion = runner.suggest()
-        values = trial_values(spec, suggestion.config) if suggestion else {}
-        argv = expand_command(spec.raw["command"], values, [f"--output-dir={runner.runs_dir}"],
-                              spec.raw.get("program"))
+        trial = runner.new_trial() if runner.may_start() else None
+        argv = runner.command(trial) if trial else []
         click.echo(f"{yaml_file}: OK ({spec.raw['method']} search, {len(spec.parameters)} parameters, "
                    f"metric {spec.metric} {spec.goal}); sweep id {spec.sweep_id}, folder {folder}")
-        click.echo(f"trial {len(runner.trials) + 1}: " + shlex.join(argv) if suggestion else
+        click.echo(f"trial {trial['number']}: " + shlex.join(argv) if trial else
                    f"no trial left to run ({runner.state.get('done') or 'grid exhausted'})")
         return
     click.echo(f"sweep {spec.sweep_id}: {spec.raw['method']} search on {spec.metric} ({spec.goal}), "
-               f"{parallel} at a time; folder {folder}")
+               f"{runner.parallel} at a time; folder {folder}")
     code = runner.run()
     text, _ = sweep_report.write(spec, runner.state, folder)
     click.echo(text)

@@ -2,21 +2,21 @@
 back to the engine. What the W&B server does for a sweep is done here: ``run_cap``,
 ``metric.target``, hyperband stops (``sweeps.stop_runs`` + SIGUSR1 to the trial).
 
-State lives in ``<sweep dir>/sweep.json``, rewritten atomically after every trial start and
-end. Running the same sweep again continues it: finished trials are kept, trials that
-were running resume from their checkpoint under the same run id (``hpplug run`` does that
-when ``WANDB_RUN_ID`` names a run with a checkpoint), live ones are adopted, and no
-trial runs twice.
+State lives in ``<sweep dir>/sweep.json`` (``sweep_state``), rewritten atomically and
+durably at every change. A trial is recorded there as ``starting`` before its process
+exists, and its process holds the trial's lock file from the fork on (``sweep_trials``),
+so a runner killed at any instant leaves nothing unknown: running the same sweep again
+waits for trials that still run (adopted), collects those that ended meanwhile, and
+starts again, under the same run id, those whose process is gone (``hpplug run`` resumes
+from the checkpoint when ``WANDB_RUN_ID`` names a run that has one). No trial runs twice.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 import warnings
@@ -26,14 +26,14 @@ from typing import Any
 
 import click
 
+from hpplug import sweep_state
 from hpplug.errors import HpplugError
 from hpplug.sweep_spec import SweepSpec, expand_command, trial_values
-from hpplug.sweep_trials import Adopted, adopt, metric_value, new_group, read_history, read_summary, signal_trainers
+from hpplug.sweep_trials import Adopted, adopt, metric_value, read_history, read_summary, signal_trainers, start
 
-ACTIVE = ("running", "interrupted")  # trials a rerun picks up again
+UNFINISHED = ("pending", "starting", "running", "interrupted")  # trials a rerun picks up again
 MAX_FAILED_IN_A_ROW = 3  # like wandb agent, stop starting trials that all fail at once
 GRACE_S = 60.0  # how long an interrupted trial may take to checkpoint before it is killed
-
 
 
 @dataclass
@@ -65,24 +65,20 @@ class Runner:
 
     # state -----------------------------------------------------------------------------
     def load(self) -> None:
-        path = self.sweep_dir / "sweep.json"
-        if path.is_file():
-            self.state = json.loads(path.read_text())
-            if self.state["config"] != self.spec.raw:
-                raise HpplugError(f"{self.sweep_dir} holds a sweep made from a different YAML; "
-                                  "use another --dir (or the YAML it was made from)")
-            return
-        self.state = {"version": 1, "sweep_id": self.spec.sweep_id, "yaml": str(self.spec.path),
-                      "config": self.spec.raw, "seed": self.seed or self.spec.sweep_id,
-                      "created": time.time(), "done": None, "trials": []}
+        """Read and check ``sweep.json`` (a damaged one is one error line), or start afresh.
+        Read-only: a dry run or a refused state writes nothing."""
+        state = sweep_state.read(self.sweep_dir / "sweep.json", self.spec)
+        self.state = state if state is not None else sweep_state.new_state(self.spec, self.seed)
+        for trial in self.trials:  # never a path read from the file
+            trial["record"] = str(self.runs_dir / trial["id"])
 
     def save(self) -> None:
-        """Write ``sweep.json`` atomically (temporary file + rename)."""
+        """Write ``sweep.json`` atomically and durably."""
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        self.state["updated"] = time.time()
-        tmp = self.sweep_dir / "sweep.json.tmp"
-        tmp.write_text(json.dumps(self.state, indent=2, default=str) + "\n")
-        os.replace(tmp, self.sweep_dir / "sweep.json")
+        sweep_state.write(self.sweep_dir / "sweep.json", self.state)
+
+    def lock_file(self, trial: dict[str, Any]) -> Path:
+        return self.sweep_dir / "logs" / f"{trial['id']}.lock"
 
     @property
     def trials(self) -> list[dict[str, Any]]:
@@ -95,11 +91,11 @@ class Runner:
 
         record = Path(trial["record"])
         history = read_history(record)
-        summary = read_summary(record, trial.get("launched", 0.0))
-        if trial["status"] == "running":
+        summary = read_summary(record, trial.get("launched") or 0.0)
+        if trial["status"] in ("running", "starting"):
             summary = {k: v for row in history for k, v in row.items()}
-        state = {"running": RunState.running, "finished": RunState.finished, "stopped": RunState.finished,
-                 "failed": RunState.failed, "interrupted": RunState.preempted,
+        state = {"running": RunState.running, "starting": RunState.running, "finished": RunState.finished,
+                 "stopped": RunState.finished, "failed": RunState.failed, "interrupted": RunState.preempted,
                  "pending": RunState.pending}[trial["status"]]
         return SweepRun(name=trial["id"], state=state, config=trial["config"], history=history,
                         summary_metrics=summary, stopped=trial["status"] == "stopped")
@@ -117,7 +113,11 @@ class Runner:
         random.seed(seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return sweeps.next_run(self.spec.raw, runs, validate=False)
+            try:
+                return sweeps.next_run(self.spec.raw, runs, validate=False)
+            except Exception as exc:  # checked before the sweep started: only the trials' data differ
+                raise HpplugError(f"W&B's sweep engine failed on the results so far ({type(exc).__name__}: "
+                                  f"{exc}); running trials go on, and the sweep continues when run again") from None
 
     def may_start(self) -> bool:
         cap = self.spec.raw.get("run_cap")
@@ -134,18 +134,24 @@ class Runner:
         if suggestion is None:
             self.state["done"] = "grid exhausted: every grid point has run"
             return None
+        taken = {t["id"] for t in self.trials}
         run_id = new_run_id()
-        values = trial_values(self.spec, suggestion.config)
-        extra = [f"--output-dir={self.runs_dir}"]
-        if self.spec.raw.get("project") and "project" not in values:
-            extra.append(f"--project={self.spec.raw['project']}")
-        command = expand_command(self.spec.raw["command"], values, extra, self.spec.raw.get("program"))
+        while run_id in taken or (self.runs_dir / run_id).exists():
+            run_id = new_run_id()
+        config = sweep_state.plain(suggestion.config)
         trial = {"number": len(self.trials) + 1, "id": run_id, "status": "pending",
-                 "config": suggestion.config, "values": values, "command": command,
+                 "config": config, "values": trial_values(self.spec, config),
                  "record": str(self.runs_dir / run_id), "attempts": 0, "metric": None}
         self.trials.append(trial)
         self.started_new += 1
         return trial
+
+    def command(self, trial: dict[str, Any]) -> list[str]:
+        """The trial's argv, built from the YAML and its values (never read from disk)."""
+        extra = [f"--output-dir={self.runs_dir}"]
+        if self.spec.raw.get("project") and "project" not in trial["values"]:
+            extra.append(f"--project={self.spec.raw['project']}")
+        return expand_command(self.spec.raw["command"], trial["values"], extra, self.spec.raw.get("program"))
 
     # processes -------------------------------------------------------------------------
     def env(self, trial: dict[str, Any]) -> dict[str, str]:
@@ -163,6 +169,8 @@ class Runner:
         return env
 
     def launch(self, trial: dict[str, Any]) -> None:
+        """Record the trial as starting (durably), then start it holding its lock, then
+        record its pid: a kill between any two steps leaves a state the next runner reads right."""
         import psutil
 
         from hpplug import checkpoint
@@ -170,17 +178,22 @@ class Runner:
         record = Path(trial["record"])
         if trial["attempts"] and record.exists() and not checkpoint.has_checkpoint(record):
             # Nothing to resume from: start again under the same id; keep the old attempt.
-            record.rename(record.with_name(f"{record.name}.attempt{trial['attempts']}"))
-        logs = self.sweep_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+            kept = record.with_name(f"{record.name}.attempt{trial['attempts']}")
+            while kept.exists():
+                kept = kept.with_name(kept.name + "+")
+            record.rename(kept)
+        trial.update(status="starting", launched=time.time(), attempts=trial["attempts"] + 1, pid=None,
+                     pid_started=None, stop_requested=False)
+        self.save()
+        argv = self.command(trial)
+        (self.sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
         try:
-            with open(logs / f"{trial['id']}.log", "ab") as log:
-                proc = subprocess.Popen(trial["command"], env=self.env(trial), stdin=subprocess.DEVNULL,
-                                        stdout=log, stderr=subprocess.STDOUT, **new_group())
+            proc = start(argv, self.env(trial), self.sweep_dir / "logs" / f"{trial['id']}.log", self.lock_file(trial))
         except OSError as exc:  # e.g. a launcher named in command: that is not installed
-            raise HpplugError(f"cannot start trial {trial['number']} ({trial['command'][0]}): {exc}") from None
-        trial.update(status="running", pid=proc.pid, launched=time.time(), stop_requested=False,
-                     attempts=trial["attempts"] + 1)
+            trial.update(status="failed", ended=time.time())
+            self.save()
+            raise HpplugError(f"cannot start trial {trial['number']} ({argv[0]}): {exc.strerror or exc}") from None
+        trial.update(status="running", pid=proc.pid)
         try:
             trial["pid_started"] = psutil.Process(proc.pid).create_time()
         except psutil.Error:
@@ -188,12 +201,13 @@ class Runner:
         self.handles[trial["id"]] = proc
         self.save()
         if trial["attempts"] > 1:
-            self.echo(f"trial {trial['number']} {trial['id']}: resuming (attempt {trial['attempts']})")
+            how = "resuming from its checkpoint" if resume else "starting again"
+            self.echo(f"trial {trial['number']} {trial['id']}: {how} (attempt {trial['attempts']})")
 
     def finish(self, trial: dict[str, Any], exit_code: int | None, interrupted: bool = False) -> None:
         """Record how a trial ended, print its line, and check metric.target."""
         record = Path(trial["record"])
-        summary = read_summary(record, trial.get("launched", 0.0))
+        summary = read_summary(record, trial.get("launched") or 0.0)
         status = summary.get("status")
         if status not in ("finished", "stopped", "interrupted"):
             status = "stopped" if trial.get("stop_requested") and exit_code in (0, -getattr(signal, "SIGUSR1", 10)) \
@@ -215,16 +229,11 @@ class Runner:
 
     def total(self) -> int | None:
         """How many trials the sweep will have, when that is known (grid size, run_cap)."""
+        from hpplug.sweep_checks import grid_size
+
         cap = self.spec.raw.get("run_cap")
-        if self.spec.raw["method"] != "grid":
-            return cap
-        size = 1
-        for p in self.spec.parameters.values():
-            if "values" in p:
-                size *= len(p["values"])
-            elif "min" in p and isinstance(p["min"], int) and isinstance(p.get("max"), int):
-                size *= p["max"] - p["min"] + 1
-        return size if cap is None else min(size, cap)
+        size = grid_size(self.spec.parameters) if self.spec.raw["method"] == "grid" else None
+        return cap if size is None else size if cap is None else min(size, cap)
 
     def report_trial(self, trial: dict[str, Any]) -> None:
         from hpplug.sweep_report import show
@@ -232,7 +241,7 @@ class Runner:
         done = sum(t["status"] in ("finished", "stopped", "failed") for t in self.trials)
         total = self.total()
         params = "  ".join(f"{k}={show(v)}" for k, v in trial["values"].items())
-        took = trial["ended"] - trial.get("launched", trial["ended"])
+        took = trial["ended"] - (trial.get("launched") or trial["ended"])
         self.echo(f"[{done}{'' if total is None else f'/{total}'}] trial {trial['number']} {trial['id']} {trial['status']:<8} "
                   f"{self.spec.metric}={show(trial['metric'])}  {params}  ({took:.1f} s)")
         if trial["status"] == "failed":
@@ -262,11 +271,15 @@ class Runner:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            to_stop = sweeps.stop_runs(self.spec.raw, [self.sweep_run(t) for t in self.trials], validate=False)
+            try:
+                to_stop = sweeps.stop_runs(self.spec.raw, [self.sweep_run(t) for t in self.trials], validate=False)
+            except Exception as exc:  # checked before the sweep started: only the trials' data differ
+                self.echo(f"hyperband skipped this round: W&B's engine failed ({type(exc).__name__}: {exc})")
+                return
         by_id = {t["id"]: t for t in running}
         for run in to_stop:
             trial = by_id.get(run.name)
-            if trial is None or trial.get("stop_requested"):
+            if trial is None or trial.get("stop_requested") or not trial.get("pid"):
                 continue
             signal_trainers(trial["pid"], signal.SIGUSR1)
             trial["stop_requested"] = True
@@ -276,13 +289,22 @@ class Runner:
 
     # the loop --------------------------------------------------------------------------
     def pick_up(self) -> None:
-        """On a rerun: collect trials that ended meanwhile, adopt live ones, queue the rest."""
-        for trial in [t for t in self.trials if t["status"] in ACTIVE + ("pending",)]:
-            summary = read_summary(Path(trial["record"]), trial.get("launched", 0.0))
-            live = adopt(trial.get("pid"), trial.get("pid_started")) if trial["status"] == "running" else None
+        """On a rerun: wait for trials whose process still lives (adopted), collect those that
+        ended meanwhile, and queue the rest (never started, or gone) to start again."""
+        for trial in [t for t in self.trials if t["status"] in UNFINISHED]:
+            if trial["status"] == "pending":
+                self.queue.append(trial)
+                continue
+            live = adopt(self.lock_file(trial), trial.get("pid"), trial.get("pid_started"))
             if live is not None:
                 self.handles[trial["id"]] = live
-            elif summary.get("status") in ("finished", "stopped"):
+                if live.pid != trial.get("pid"):
+                    trial.update(pid=live.pid, pid_started=live.proc.create_time() if live.proc else None)
+                trial["status"] = "running"
+                self.echo(f"trial {trial['number']} {trial['id']}: still running (pid {live.pid or '?'}); waiting for it")
+                continue
+            summary = read_summary(Path(trial["record"]), trial.get("launched") or 0.0)
+            if summary.get("status") in ("finished", "stopped"):
                 self.finish(trial, None)
             else:
                 trial["status"] = "interrupted"
@@ -328,9 +350,11 @@ class Runner:
         except KeyboardInterrupt:
             pass
         for trial in [t for t in self.trials if t["id"] in self.handles]:
+            pid = self.handles[trial["id"]].pid
             try:
-                os.killpg(self.handles[trial["id"]].pid, signal.SIGKILL)
-            except (OSError, AttributeError):
+                if pid:
+                    os.killpg(pid, signal.SIGKILL)
+            except OSError:
                 pass
             self.finish(trial, None, interrupted=True)
         self.save()
@@ -354,8 +378,13 @@ class Runner:
     def run(self) -> int:
         """Run until done (or ``count`` new trials); returns the exit code: 0 done, 1 when
         trials keep failing, 128 + signal when interrupted (SIGINT, SIGTERM)."""
+        self.load()  # a damaged state is refused before anything is written
         lock = self.lock()
-        self.load()
+        try:
+            self.load()  # again: now no other runner can change it
+        except HpplugError:
+            lock.close()
+            raise
         self.save()
         received = {"signum": signal.SIGINT}
 

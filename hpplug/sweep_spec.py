@@ -1,10 +1,9 @@
-"""A sweep YAML as hpplug reads it: loading, checking, and the trials' command lines.
+"""A sweep YAML as hpplug reads it: loading, and the trials' command lines.
 
-The same file serves ``wandb sweep`` / ``wandb agent`` and ``hpplug sweep``. Checks use
-W&B's own schema (``sweeps.schema_violations_from_proposed_config``) plus what only hpplug
-knows: the options of ``hpplug run`` and the parameters the installed plugins declare.
-Trial command lines are built with W&B's own macro code
-(``wandb.sdk.launch.sweeps.utils``), exactly as ``wandb agent`` builds them.
+The same file serves ``wandb sweep`` / ``wandb agent`` and ``hpplug sweep``. What is
+checked before a trial starts is in ``sweep_checks``. Trial command lines are built with
+W&B's own macro code (``wandb.sdk.launch.sweeps.utils``), exactly as ``wandb agent``
+builds them.
 """
 
 from __future__ import annotations
@@ -12,28 +11,32 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import os
 import shlex
 import sys
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 import yaml
 
 from hpplug.errors import HpplugError
 
-METHODS = ("grid", "random", "bayes")
-KNOWN_METRICS = {"test/accuracy": "maximize", "test/loss": "minimize", "train/loss": "minimize",
-                 "train/accuracy": "maximize", "best/test/accuracy": "maximize",
-                 "train/samples_per_s": "maximize"}
 PLUGIN_KEYS = ("plugin", "plugins")
 EXAMPLE_COMMAND = 'command: ["${env}", hpplug, run, "${args}"]'
-_GRID_OK = {"categorical", "constant", "int_uniform", "q_uniform"}
-# Distributions whose min/max are values of the parameter itself (not exponents).
-_VALUE_BOUNDED = {"uniform", "int_uniform", "q_uniform", "log_uniform_values",
-                  "q_log_uniform_values", "inv_log_uniform_values"}
+OWN_OPTIONS = ("output_dir", "resume")  # hpplug sweep sets these for every trial
+MAX_YAML_BYTES = 1_000_000
+MAX_NODES = 100_000  # values in a YAML, aliases counted each time they are used
+MAX_DEPTH = 32
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A value in a message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass
@@ -76,32 +79,111 @@ class SweepSpec:
 
 
 def load(path: str | Path) -> tuple[SweepSpec | None, list[str]]:
-    """Read a sweep YAML; returns the spec, or None and the reason it cannot be read."""
+    """Read a sweep YAML; returns the spec, or None and why it cannot be a sweep. A file
+    that cannot be read at all is one ``HpplugError`` line."""
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.is_dir():
+            raise HpplugError(f"sweep file {path} is a folder; give a sweep YAML file such as sweeps/bayes.yaml")
+        if path.stat().st_size > MAX_YAML_BYTES:
+            return None, [f"the file is larger than {MAX_YAML_BYTES:,} bytes; a sweep YAML is a few settings"]
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise HpplugError(f"sweep file {path} does not exist") from None
     except OSError as exc:
-        raise HpplugError(f"cannot read sweep file {path}: {exc.strerror}") from None
+        raise HpplugError(f"cannot read sweep file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        return None, [f"not UTF-8 text (byte {exc.start}); a sweep YAML is a text file"]
     try:
         raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        return None, [f"not valid YAML: {' '.join(str(exc).split())}"]
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. an integer of 5,000 digits
+        return None, [f"not valid YAML: {show(' '.join(str(exc).split()), 300)}"]
+    except RecursionError:
+        return None, ["not a sweep: nested too deeply"]
     if not isinstance(raw, dict):
         return None, ["the file must be a YAML mapping with method, metric, parameters and command"]
+    shape = shape_problems(raw)
+    if shape:
+        return None, shape
     return SweepSpec(path, raw, text), []
 
 
-# --- checks -------------------------------------------------------------------------
+# --- shape ------------------------------------------------------------------------------
 
 
-def _checker(name: str, catalog: dict[str, Any]) -> Any:
-    """A function that returns an error for one value of parameter ``name``, or None.
+def shape_problems(raw: Any) -> list[str]:
+    """Non-finite numbers, non-JSON values, non-text keys, too deep or too large: what no
+    sweep can mean. Walks without recursion and stops at MAX_NODES (alias bombs)."""
+    found: list[str] = []
+    queue: deque[tuple[Any, str, int]] = deque([(raw, "", 0)])
+    seen = 0
+    while queue and len(found) < 5:
+        node, where, depth = queue.popleft()
+        seen += 1
+        if seen > MAX_NODES:
+            return found + [f"more than {MAX_NODES:,} values (YAML aliases count each time they are used); "
+                            "a sweep YAML is a few settings and parameter blocks"]
+        if depth > MAX_DEPTH:
+            return found + [f"{where[:40] or 'the file'}: nested more than {MAX_DEPTH} levels deep "
+                            "(a recursive YAML alias?)"]
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    found.append(f"{where or 'top level'}: key {show(key)} must be text")
+                    continue
+                queue.append((value, f"{where}.{key}" if where else key, depth + 1))
+        elif isinstance(node, list):
+            queue += [(value, f"{where}[{i}]", depth + 1) for i, value in enumerate(node)]
+        elif isinstance(node, float) and not math.isfinite(node):
+            found.append(f"{where}: {node} is not a finite number; write a number such as 0.1")
+        elif isinstance(node, int) and not -2**63 <= node < 2**63:
+            found.append(f"{where}: {show(node)} is too large (W&B's engine works with 64-bit integers)")
+        elif not (node is None or isinstance(node, (str, int, float, bool))):
+            found.append(f"{where}: a YAML {type(node).__name__} is not a sweep value; use a number, "
+                         "text, true/false, a list or a mapping")
+    return found
+
+
+# --- plugin choices ----------------------------------------------------------------------
+
+
+def plugin_choices(spec: dict[str, Any]) -> list[list[str]] | None:
+    """Every plugin list a trial can get from the ``plugin`` parameter, or None if absent."""
+    for key in PLUGIN_KEYS:
+        if key in spec.get("parameters", {}):
+            p = spec["parameters"][key]
+            options = p["values"] if "values" in p else [p.get("value")]
+            return [v if isinstance(v, list) else [n.strip() for n in str(v).split(",")] for v in options]
+    return None
+
+
+def command_plugins(command: list[Any]) -> set[str]:
+    """Plugins named literally in the YAML's command (``--plugin cosine``, ``--plugin=a,b``)."""
+    from hpplug.cli import split_plugin_names
+
+    tokens, names = [str(c) for c in command], set()
+    for i, tok in enumerate(tokens):
+        flag, eq, value = tok.partition("=")
+        if flag in ("--plugin", "--plugins", "-p"):
+            value = value if eq else (tokens[i + 1] if i + 1 < len(tokens) else "")
+            try:
+                names.update(split_plugin_names((value,)))
+            except HpplugError:
+                pass
+    return names
+
+
+# --- values as hpplug run takes them -------------------------------------------------
+
+
+def value_checker(name: str, catalog: dict[str, Any]) -> Callable[[Any], str | None] | None:
+    """A function that returns why one value of parameter ``name`` is refused, or None.
 
     Values are checked as ``wandb agent`` renders them (``str(value)``), through the same
     click types and plugin ``Param.parse`` that ``hpplug run`` uses.
     """
-    from hpplug.cli import OPTION_TYPES
     from hpplug import manager
+    from hpplug.cli import OPTION_TYPES
 
     if name in PLUGIN_KEYS:
         def check_plugins(value: Any) -> str | None:
@@ -114,14 +196,10 @@ def _checker(name: str, catalog: dict[str, Any]) -> Any:
         return check_plugins
     core = name.replace("-", "_")
     if core in OPTION_TYPES:
-        ctype = OPTION_TYPES[core]
-
         def check_core(value: Any) -> str | None:
-            try:
-                ctype.convert(str(value), None, None)
-            except click.BadParameter as exc:
-                return exc.message
-            return None
+            if isinstance(value, (list, dict)):
+                return f"--{name} takes one value, not a {type(value).__name__}"
+            return trial_problem({name: value}, catalog)
         return check_core
     plugin, _, key = name.partition(".")
     entry = catalog.get(plugin)
@@ -138,11 +216,14 @@ def _checker(name: str, catalog: dict[str, Any]) -> Any:
     return check_param
 
 
-def _unknown_name(name: str, catalog: dict[str, Any]) -> str | None:
+def unknown_name(name: str, catalog: dict[str, Any]) -> str | None:
     """Why ``name`` is not something ``hpplug run`` takes, or None if it is."""
     from hpplug.cli import OPTION_TYPES
 
-    if name in PLUGIN_KEYS or name.replace("-", "_") in OPTION_TYPES:
+    core = name.replace("-", "_")
+    if core in OWN_OPTIONS:
+        return f"parameters.{name}: hpplug sweep sets --{core.replace('_', '-')} for every trial; remove it"
+    if name in PLUGIN_KEYS or core in OPTION_TYPES:
         return None
     if "." in name:
         plugin, _, key = name.partition(".")
@@ -157,132 +238,33 @@ def _unknown_name(name: str, catalog: dict[str, Any]) -> str | None:
             return f"parameters.{name}: {plugin} has no parameter {key!r} (it takes: {known})"
         return None
     options = sorted(OPTION_TYPES) + list(PLUGIN_KEYS)
-    close = difflib.get_close_matches(name.replace("-", "_"), options, n=1)
+    close = difflib.get_close_matches(core, options, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else "; see `hpplug run --help`"
     return f"parameters.{name}: not an option of hpplug run{hint}"
 
 
-def _plugin_choices(spec: dict[str, Any]) -> list[list[str]] | None:
-    """Every plugin list a trial can get from the ``plugin`` parameter, or None if absent."""
-    for key in PLUGIN_KEYS:
-        if key in spec.get("parameters", {}):
-            p = spec["parameters"][key]
-            options = p["values"] if "values" in p else [p.get("value")]
-            return [v if isinstance(v, list) else [n.strip() for n in str(v).split(",")] for v in options]
+def trial_problem(values: dict[str, Any], catalog: dict[str, Any], fixed_plugins: set[str] = frozenset()) -> str | None:
+    """Why ``hpplug run`` refuses these values (its option types, then its configuration
+    code ``build_config``, as for a run), or None. ``fixed_plugins``: named in command."""
+    from hpplug.cli import OPTION_TYPES, build_config, split_plugin_names
+
+    try:
+        chosen = next((values[k] for k in PLUGIN_KEYS if k in values), [])
+        names = [str(n) for n in chosen] if isinstance(chosen, list) else split_plugin_names((str(chosen),))
+        names += sorted(set(fixed_plugins) - set(names))
+        core, plugin_raw = {}, {}
+        for key, value in values.items():
+            option = key.replace("-", "_")
+            if option in OPTION_TYPES:
+                core[option] = OPTION_TYPES[option].convert(str(value), None, None)
+            elif "." in key and key.partition(".")[0] in names:
+                plugin_raw.setdefault(key.partition(".")[0], {})[key.partition(".")[2]] = str(value)
+        build_config(catalog, names, plugin_raw, core)
+    except click.BadParameter as exc:
+        return exc.message
+    except (HpplugError, ValueError, TypeError, OverflowError) as exc:
+        return str(exc)
     return None
-
-
-def _parameter_problems(name: str, p: Any, catalog: dict[str, Any], method: Any) -> list[str]:
-    if not isinstance(p, dict):
-        return [f"parameters.{name}: must be a mapping such as {{values: [...]}} or {{value: x}}"]
-    if "parameters" in p:
-        return [f"parameters.{name}: nested parameter blocks are not supported by hpplug run; "
-                f"write dotted names such as {name}.<param>"]
-    if method == "grid" and not ("values" in p or "value" in p or p.get("distribution") in _GRID_OK or (
-            isinstance(p.get("min"), int) and isinstance(p.get("max"), int) and "distribution" not in p)):
-        return [f"parameters.{name}: grid search needs values: [...] (or int_uniform/q_uniform), "
-                f"not {p.get('distribution', 'a continuous range')}"]
-    unknown = _unknown_name(name, catalog)
-    if unknown:
-        return [unknown]
-    check = _checker(name, catalog)
-    candidates = list(p.get("values", [])) + ([p["value"]] if "value" in p else [])
-    distribution = p.get("distribution")
-    if distribution in _VALUE_BOUNDED or (distribution is None and "min" in p):
-        candidates += [p[k] for k in ("min", "max") if k in p]
-    problems = []
-    for value in candidates:
-        error = check(value) if check else None
-        if error:
-            problems.append(f"parameters.{name}: {value!r}: {error}")
-    return problems
-
-
-def problems(spec: SweepSpec, catalog: dict[str, Any]) -> list[str]:
-    """Everything wrong with a sweep, W&B's schema check first; empty when it can run."""
-    import sweeps
-
-    raw, found = spec.raw, []
-    try:
-        violations = sweeps.schema_violations_from_proposed_config(raw)
-        found += [f"schema: {v}" for v in dict.fromkeys(violations)]  # W&B reports min >= max twice
-    except (ValueError, TypeError, AttributeError) as exc:
-        found.append(f"schema: {exc}")
-    if raw.get("method") not in METHODS:
-        found.append(f"method: {raw.get('method')!r} is not one of {', '.join(METHODS)} "
-                     "(custom schedulers run only on the W&B server)")
-    metric = raw.get("metric")
-    if not isinstance(metric, dict) or not metric.get("name"):
-        found.append("metric: missing; hpplug logs test/accuracy (goal: maximize), test/loss, train/loss")
-    command = raw.get("command")
-    if not isinstance(command, list) or not command:
-        found.append(f"command: missing; hpplug sweeps need e.g. {EXAMPLE_COMMAND}")
-    else:
-        if "${args}" not in command:
-            found.append("command: must pass the trial's parameters with ${args} (hpplug run takes --name=value)")
-        if "hpplug" not in [str(c) for c in command]:
-            found.append(f"command: must run hpplug, e.g. {EXAMPLE_COMMAND} or a launcher such as "
-                         '["${env}", torchrun, --nproc_per_node, "2", -m, hpplug, run, "${args}"]')
-    parameters = raw.get("parameters")
-    if isinstance(parameters, dict):
-        for name, p in parameters.items():
-            found += _parameter_problems(str(name), p, catalog, raw.get("method"))
-        choices = _plugin_choices(raw)
-        fixed = _command_plugins(command if isinstance(command, list) else [])
-        for name in parameters:
-            plugin = str(name).partition(".")[0] if "." in str(name) else None
-            if plugin and plugin in catalog and plugin not in fixed and (
-                    choices is None or not any(plugin in c for c in choices)):
-                found.append(f"parameters.{name}: plugin {plugin!r} is never selected; add it to the "
-                             f"`plugin` parameter (values: [[{plugin}, ...]]) or to command")
-    if not found:
-        found += _engine_problems(raw)
-    return found
-
-
-def _command_plugins(command: list[Any]) -> set[str]:
-    """Plugins named literally in the YAML's command (``--plugin cosine``, ``--plugin=a,b``)."""
-    from hpplug.cli import split_plugin_names
-
-    tokens, names = [str(c) for c in command], set()
-    for i, tok in enumerate(tokens):
-        flag, eq, value = tok.partition("=")
-        if flag in ("--plugin", "--plugins", "-p"):
-            value = value if eq else (tokens[i + 1] if i + 1 < len(tokens) else "")
-            try:
-                names.update(split_plugin_names((value,)))
-            except HpplugError:
-                pass
-    return names
-
-
-def _engine_problems(raw: dict[str, Any]) -> list[str]:
-    """Ask W&B's engine for a first suggestion (and a hyperband pass) without any run."""
-    import sweeps
-
-    found = []
-    try:
-        sweeps.next_run(raw, [], validate=False)
-    except (ValueError, KeyError, TypeError, AssertionError) as exc:
-        found.append(f"{raw.get('method')} search: {exc}")
-    if "early_terminate" in raw:
-        try:
-            sweeps.stop_runs(raw, [], validate=False)
-        except (ValueError, KeyError, TypeError) as exc:
-            found.append(f"early_terminate: {exc}")
-    return found
-
-
-def warnings_for(spec: SweepSpec) -> list[str]:
-    """Things that may be intended but look wrong: an unfamiliar metric, a surprising goal."""
-    out = []
-    name, goal = spec.raw["metric"]["name"], spec.raw["metric"].get("goal")
-    if name not in KNOWN_METRICS:
-        out.append(f"metric {name!r} is not one hpplug logs itself ({', '.join(KNOWN_METRICS)}); "
-                   "it must come from a plugin")
-    elif goal != KNOWN_METRICS[name]:
-        out.append(f"metric {name} with goal {goal or 'minimize (the default)'}; did you mean {KNOWN_METRICS[name]}?")
-    return out
 
 
 # --- trial command lines --------------------------------------------------------------
@@ -298,13 +280,13 @@ def trial_values(spec: SweepSpec, config: dict[str, dict[str, Any]]) -> dict[str
     from hpplug.cli import split_plugin_names
 
     names = set(map(str, chosen) if isinstance(chosen, list) else split_plugin_names((str(chosen),)))
-    names |= _command_plugins(spec.raw.get("command", []))
+    names |= command_plugins(spec.raw.get("command", []))
     return {k: v for k, v in values.items()
             if "." not in k or k.partition(".")[0] in names or k.partition(".")[0] not in _plugin_names(spec)}
 
 
 def _plugin_names(spec: SweepSpec) -> set[str]:
-    return {n for choice in (_plugin_choices(spec.raw) or []) for n in choice}
+    return {n for choice in (plugin_choices(spec.raw) or []) for n in choice}
 
 
 def expand_command(command: list[Any], values: dict[str, Any], extra_args: list[str] = (),

@@ -1,49 +1,68 @@
 """A sweep's trials on disk and as processes: run records, metric values, signals.
 
 A trial is a normal ``hpplug run``; what it did is read back from its run record
-(``metrics.jsonl``, ``summary.json``). Trials run in their own process group, as under
-``wandb agent``, so the sweep decides which signal reaches which process.
+(``metrics.jsonl``, ``summary.json``), as untrusted data. Trials run in their own process
+group, as under ``wandb agent``, so the sweep decides which signal reaches which process;
+each holds a lock file for its whole life, so a later runner knows whether it still runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from hpplug.errors import HpplugError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; a trial is then found by its recorded pid only
+    fcntl = None  # type: ignore[assignment]
+
 
 def read_history(record: Path) -> list[dict[str, Any]]:
-    """The rows of a run's ``metrics.jsonl`` (a half-written last line is skipped)."""
-    path = record / "metrics.jsonl"
+    """The rows of a run's ``metrics.jsonl``. Read back as untrusted: a torn (half-written)
+    or damaged line, or one that is not a JSON object, is skipped."""
+    try:
+        text = (record / "metrics.jsonl").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
     rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 
 def read_summary(record: Path, since: float = 0.0) -> dict[str, Any]:
-    """A run's ``summary.json``, if written at or after ``since`` (older ones are stale)."""
+    """A run's ``summary.json`` if written at or after ``since`` (older ones are stale); {}
+    when there is none, or it is empty, damaged or not a JSON object."""
     path = record / "summary.json"
     try:
         if path.stat().st_mtime + 1.0 >= since:
-            return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+    except (OSError, ValueError, RecursionError):
         pass
     return {}
 
 
 def metric_value(name: str, summary: dict[str, Any], history: list[dict[str, Any]]) -> float | None:
     """The trial's result: its summary value, else (stopped mid-epoch) the last one logged."""
-    if isinstance(summary.get(name), (int, float)):
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if number(summary.get(name)):
         return float(summary[name])
-    logged = [row[name] for row in history if isinstance(row.get(name), (int, float))]
+    logged = [row[name] for row in history if number(row.get(name))]
     return float(logged[-1]) if logged else None
 
 
@@ -90,36 +109,123 @@ def signal_trainers(pid: int, signum: int) -> int:
     return len(targets or [root])
 
 
-class Adopted:
-    """A trial process started by an earlier ``hpplug sweep`` that is still alive."""
+# --- a trial's lock: whether its process lives, whoever started it ------------------------
 
-    def __init__(self, proc: Any) -> None:
-        self.proc, self.pid, self.returncode = proc, proc.pid, None
 
-    def poll(self) -> int | None:
-        import psutil
+def start(argv: list[str], env: dict[str, str], log: Path, lock: Path) -> subprocess.Popen:
+    """Start a trial in its own process group, holding ``lock`` for as long as it lives.
 
+    The runner takes an exclusive ``flock`` on ``lock`` before the process exists and hands
+    the same open file to it (``pass_fds``); the lock is free again only when every process
+    holding that file has exited. So at any instant (a runner killed after the fork, before
+    it recorded the pid) the lock says whether the trial still runs.
+    """
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise HpplugError(f"trial {lock.stem} is still running (its lock {lock} is held); "
+                                  "run the sweep again to wait for it") from None
+        with open(log, "ab") as out:
+            out.write(f"# {shlex.join(argv)}\n".encode())
+            out.flush()
+            return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    pass_fds=(fd,) if fcntl is not None else (), **new_group())
+    finally:
+        os.close(fd)
+
+
+def alive(lock: Path) -> bool | None:
+    """Whether a process of the trial still holds its lock (None: no flock here)."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also frees the lock if it was taken just now
+    return False
+
+
+def _holders(lock: Path) -> list[Any]:
+    """The processes that have ``lock`` open, oldest first (the trial's first process)."""
+    import psutil
+
+    target, found = str(lock.resolve()), []
+    for proc in psutil.process_iter():
         try:
-            alive = self.proc.is_running() and self.proc.status() != psutil.STATUS_ZOMBIE
+            if any(f.path == target for f in proc.open_files()):
+                found.append((proc.create_time(), proc))
         except psutil.Error:
-            alive = False
-        return None if alive else -1
-
-    def send_signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
+            continue
+    return [proc for _, proc in sorted(found, key=lambda item: item[0])]
 
 
-def adopt(pid: int | None, started: float | None) -> Adopted | None:
-    """The still-running process of a trial, when ``pid`` is the very process we started."""
+def _same_process(pid: int | None, started: float | None) -> Any:
+    """The process ``pid`` if it is the very one started at ``started`` (pids are reused)."""
     import psutil
 
     if not pid or not started:
         return None
     try:
         proc = psutil.Process(pid)
-        return Adopted(proc) if abs(proc.create_time() - started) < 0.01 else None
+        return proc if abs(proc.create_time() - started) < 0.01 else None
     except psutil.Error:
         return None
+
+
+class Adopted:
+    """A trial process started by an earlier ``hpplug sweep``, still alive."""
+
+    def __init__(self, lock: Path, proc: Any) -> None:
+        self.lock, self.proc, self.returncode = lock, proc, None
+        self.pid = proc.pid if proc is not None else None
+
+    def _proc_alive(self) -> bool:
+        import psutil
+
+        try:
+            return self.proc.is_running() and self.proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def poll(self) -> int | None:
+        held = alive(self.lock)
+        if self.proc is not None and (held is not False or not self.lock.exists()):
+            held = self._proc_alive()  # the trial's own process, not a stray child holding the file
+        return None if held else -1
+
+    def send_signal(self, signum: int) -> None:
+        import psutil
+
+        try:
+            if self.proc is not None:
+                self.proc.send_signal(signum)
+        except psutil.Error:  # it ended meanwhile
+            pass
+
+
+def adopt(lock: Path, pid: int | None, started: float | None) -> Adopted | None:
+    """The trial's live process, started by an earlier runner; None when it has ended (or
+    never started). Its pid is found through the lock when it was never recorded; without a
+    lock file (a trial started by a runner before locks), by its recorded pid alone."""
+    held = alive(lock)
+    proc = _same_process(pid, started)
+    if proc is None and not held:
+        return None
+    if held is False and lock.exists():
+        return None
+    if proc is None:
+        found = _holders(lock)
+        proc = found[0] if found else None
+    return Adopted(lock, proc)
 
 
 def new_group() -> dict[str, Any]:

@@ -246,3 +246,33 @@ def test_one_runner_per_sweep_folder(tmp_path: Path) -> None:
     finally:
         held.close()
     Runner(spec, tmp_path / "sw").lock().close()  # free again
+
+
+def test_a_trials_lock_tells_whether_it_runs(tmp_path: Path) -> None:
+    """The lock a trial's process holds from its start says whether it lives, and leads to its
+    pid when that was never recorded; a trial from a runner without locks is found by pid."""
+    import psutil
+
+    from hpplug.sweep_trials import adopt, alive, start
+
+    lock, sleeper = tmp_path / "t.lock", [sys.executable, "-c", "import time; time.sleep(60)"]
+    proc = start(sleeper, dict(os.environ), tmp_path / "t.log", lock)
+    try:
+        assert alive(lock) is True
+        found = adopt(lock, None, None)
+        assert found is not None and found.pid == proc.pid and found.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+    assert alive(lock) is False and found.poll() == -1 and adopt(lock, None, None) is None
+
+    old = subprocess.Popen(sleeper)  # started without a lock file
+    try:
+        started = psutil.Process(old.pid).create_time()
+        live = adopt(tmp_path / "none.lock", old.pid, started)
+        assert live is not None and live.poll() is None
+        assert adopt(tmp_path / "none.lock", old.pid, started + 5) is None  # the pid, reused by another
+    finally:
+        old.kill()
+        old.wait()
+    assert live.poll() == -1

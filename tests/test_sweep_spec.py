@@ -15,7 +15,8 @@ from wandb.sdk.launch.sweeps import utils as wandb_sweep_utils
 
 from hpplug.cli import build_config, run_command
 from hpplug.manager import discover
-from hpplug.sweep_spec import SweepSpec, expand_command, load, pretty_command, problems, trial_values
+from hpplug.sweep_checks import problems
+from hpplug.sweep_spec import SweepSpec, expand_command, load, pretty_command, trial_values
 from hpplug.sweep_template import template
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +138,7 @@ def test_bad_yaml_lists_every_problem(tmp_path: Path, catalog: dict[str, Any]) -
     expected = ["metric: missing", "parameters.lrr: not an option of hpplug run; did you mean 'lr'?",
                 "parameters.lr: grid search needs values", "parameters.batch_size: 0:",
                 "parameters.cosine.eta_mni: cosine has no parameter 'eta_mni'", "parameters.dropout.p: 1.5:",
-                "unknown plugin 'cosinus'", "plugins step, cosine all claim the lr-schedule slot",
+                "unknown plugin 'cosinus'",  # the first refused value of a parameter; one line each
                 "parameters.opt: nested parameter blocks", "parameters.restarts.t_0: plugin 'restarts' is never selected"]
     assert len(found) == len(expected)
     for text in expected:
@@ -148,13 +149,15 @@ def test_bad_yaml_lists_every_problem(tmp_path: Path, catalog: dict[str, Any]) -
     ("method: [", "not valid YAML"),
     ("- a list", "must be a YAML mapping"),
     ("method: hyper\nmetric: {name: test/accuracy}\nparameters: {lr: {values: [0.1]}}\n"
-     'command: ["${env}", hpplug, run, "${args}"]', "schema: 'hyper' is not one of"),
+     'command: ["${env}", hpplug, run, "${args}"]', "method: 'hyper' is not one of grid, random, bayes"),
     ("method: bayes\nmetric: {name: test/accuracy}\nparameters: {lr: {min: 0.5, max: 0.1}}\n"
-     'command: ["${env}", hpplug, run, "${args}"]', "schema: lr: min 0.5 is not less than max 0.1"),
+     'command: ["${env}", hpplug, run, "${args}"]', "parameters.lr: min 0.5 must be less than max 0.1"),
     ("method: random\nmetric: {name: test/accuracy}\nparameters: {lr: {values: [0.1]}}\n"
      "command: [python, train.py]", "must pass the trial's parameters with ${args}"),
     ("method: random\nmetric: {name: test/accuracy}\nparameters: {lr: {values: [0.1]}}\n",
      "command: missing"),
+    ("method: random\nmetric: {name: test/accuracy}\nparameters: {plugin: {values: [[dropout], [step, cosine]]}}\n"
+     'command: ["${env}", hpplug, run, "${args}"]', "plugins step, cosine all claim the lr-schedule slot"),
     ("method: grid\nmetric: {name: test/accuracy}\nparameters: {lr: {values: [0.1]}}\n"
      "early_terminate: {type: hyperband, min_iter: 0}\ncommand: [\"${env}\", hpplug, run, \"${args}\"]",
      "schema:"),
@@ -172,7 +175,7 @@ def test_bad_yaml_exits_2_before_any_trial(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "hpplug", "sweep", "bad.yaml", "--dir", "sw"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
-    assert "bad.yaml cannot run as a sweep (10 problems):" in out.stderr
+    assert "bad.yaml cannot run as a sweep (9 problems):" in out.stderr
     assert "  - parameters.lrr: not an option of hpplug run" in out.stderr
     assert not (tmp_path / "sw").exists() and "Traceback" not in out.stderr
 
