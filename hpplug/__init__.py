@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from hpplug.api import train  # noqa: E402
 from hpplug.components import Dataset, Model, Splits, TensorSplit  # noqa: E402
 from hpplug.config import RunConfig  # noqa: E402
 from hpplug.errors import HpplugError  # noqa: E402
@@ -9,4 +10,4 @@ from hpplug.hookspecs import hookimpl  # noqa: E402
 from hpplug.plugin import Batch, Param, Plugin, Progress  # noqa: E402
 
 __all__ = ["Batch", "Dataset", "HpplugError", "Model", "Param", "Plugin", "Progress", "RunConfig", "Splits",
-           "TensorSplit", "__version__", "hookimpl"]
+           "TensorSplit", "__version__", "hookimpl", "train"]

@@ -37,7 +37,7 @@ from hpplug import record, runstate, statefile
 from hpplug.errors import HpplugError
 
 if TYPE_CHECKING:
-    from hpplug.engine import Loop
+    from hpplug.loop import Loop
 
 CHECKPOINT = "checkpoint"
 STAGING, PREVIOUS = CHECKPOINT + ".tmp", CHECKPOINT + ".old"
@@ -83,7 +83,10 @@ def saved_config(record_dir: Path) -> dict[str, Any]:
         problem = runstate.config_problem(config)
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         problem = f"is damaged: {exc}"
-    if problem is None and sorted(config.get("plugins", [])) != sorted(saved.manifest["plugins"]):
+    named = config.get("plugins", []) if problem is None else []
+    # The manifest keys every plugin's state: the --plugin ones, then the model's and the data set's.
+    if problem is None and (not set(named) <= set(saved.manifest["plugins"])
+                            or len(saved.manifest["plugins"]) != len(set(named)) + 2):
         problem = "names other plugins than manifest.json"
     if problem:
         raise saved.refuse(RUN, problem)
@@ -256,11 +259,6 @@ def _together(acc: Any, step: Callable[[], Any] | None, record: Path, action: st
         raise HpplugError(f"another process could not {action} its part of the checkpoint in {record}")
 
 
-def _plugins(loop: Loop) -> dict[str, Any]:
-    """The run's plugins by name: a plugin's state goes back to it whatever the order."""
-    return dict(zip(loop.config.plugins, loop.plugins, strict=True))
-
-
 def _write_parts(loop: Loop, staging: Path) -> None:
     acc = loop.accelerator
     statefile.write(staging, f"rng.{acc.process_index}", runstate.rng_state())
@@ -271,7 +269,7 @@ def _write_parts(loop: Loop, staging: Path) -> None:
     statefile.write(staging, "loop", loop.state.state_dict())
     if acc.scaler is not None:
         statefile.write(staging, "scaler", acc.scaler.state_dict())
-    for name, plugin in _plugins(loop).items():
+    for name, plugin in loop.plugins.items():
         try:
             statefile.write(staging, f"plugin.{name}", plugin.state_dict())
         except TypeError as exc:
@@ -288,7 +286,7 @@ def _commit(loop: Loop, record: Path, sequence: int) -> None:
         files[path.name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     manifest = {"format": FORMAT, "sequence": sequence, "update": loop.progress.update,
                 "epoch": loop.progress.epoch, "processes": loop.accelerator.num_processes,
-                "plugins": list(_plugins(loop)), "files": files}
+                "plugins": list(loop.plugins), "files": files}
     part = staging / (MANIFEST + ".part")
     statefile.write_bytes(part, json.dumps(manifest, indent=1).encode())
     os.replace(part, staging / MANIFEST)  # a manifest is whole or absent
@@ -339,7 +337,7 @@ def restore(loop: Loop, record_dir: Path) -> None:
 
 
 def _load(loop: Loop, saved: Saved) -> None:
-    acc, m, plugins = loop.accelerator, saved.manifest, _plugins(loop)
+    acc, m, plugins = loop.accelerator, saved.manifest, loop.plugins
     if m["processes"] != acc.num_processes:
         raise HpplugError(f"checkpoint {saved.folder} was saved by {m['processes']} process(es), this run has "
                           f"{acc.num_processes}: resume it with {m['processes']}")

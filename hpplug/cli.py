@@ -20,36 +20,11 @@ from typing import Any
 import click
 
 from hpplug import __version__
-from hpplug.config import (OPTIMIZERS, PRECISIONS, SEED_MAX, WANDB_MODES, Count, Folder, Number, RunConfig,
-                           WandbName)
-from hpplug.data import DATASETS
+from hpplug.config import OPTION_TYPES, OPTIONS, RunConfig
 from hpplug.errors import HpplugError, PluginError, one_line
-from hpplug.models import MODELS
 
 DEFAULTS = RunConfig()
 
-# (field, click type, help) for every core option of `hpplug run`.
-CORE_OPTIONS: list[tuple[str, Any, str]] = [
-    ("dataset", click.Choice(DATASETS), "Dataset; digits is bundled with scikit-learn and needs no network."),
-    ("data_root", Folder(), "Folder datasets are read from and downloaded to (HPPLUG_OFFLINE=1: never download)."),
-    ("model", click.Choice(tuple(MODELS)), "Model: the article's MLP or a small CNN."),
-    ("hidden", Count(1), "Hidden units of the last hidden layer."),
-    ("epochs", Count(1), "Epochs to train."),
-    ("batch_size", Count(1), "Samples per process per micro-batch."),
-    ("lr", Number(0, min_open=True), "Base learning rate (before LR plugins)."),
-    ("optimizer", click.Choice(OPTIMIZERS), "Optimizer."),
-    ("momentum", Number(0, 1, max_open=True), "SGD momentum."),
-    ("seed", Count(0, SEED_MAX), "Random seed: weights, sample order and augmentation draws."),
-    ("mixed_precision", click.Choice(PRECISIONS), "Autocast precision; fp16 needs a CUDA GPU."),
-    ("grad_accum", Count(1), "Micro-batches per optimizer update."),
-    ("wandb_mode", click.Choice(WANDB_MODES), "W&B mode [default: online with credentials, else offline]."),
-    ("project", WandbName(), "W&B project."),
-    ("output_dir", Folder(writable=True), "Where run records (and offline W&B runs) are written."),
-    ("log_every", Count(1), "Log train loss and LR every N updates."),
-    ("checkpoint_every", click.STRING, "Checkpoint every N updates (200, 200updates) or epochs (1epoch)."),
-    ("eval_batch_size", Count(1), "Batch size for evaluation."),
-]
-OPTION_TYPES = {name: ctype for name, ctype, _ in CORE_OPTIONS}
 
 
 def _core_option(name: str, ctype: Any, help: str) -> click.Option:
@@ -117,12 +92,30 @@ def _reject_extra_args(args: list[str], catalog: dict[str, Any]) -> None:
 
 def build_config(catalog: dict[str, Any], plugin_names: list[str], raw: dict[str, dict[str, Any]],
                  core: dict[str, Any]) -> tuple[RunConfig, list[Any]]:
-    """Validate plugins and their values; returns the config and the chosen entries."""
-    from hpplug import manager
+    """Validate the plugins, the model, the data set and their values; returns the config and
+    the chosen entries (the ``--plugin`` ones in order, then the model's and the data set's)."""
+    from hpplug import manager, selection
 
     entries = manager.resolve(catalog, plugin_names)
+    raw = {name: dict(values) for name, values in raw.items()}
+    chosen = []
+    for kind in ("model", "dataset"):
+        entry, implied = selection.select(catalog, kind, str(core.get(kind, getattr(DEFAULTS, kind))))
+        given = raw.setdefault(entry.name, {})
+        for key, value in implied.items():
+            if key in given and str(given[key]) != value:
+                raise HpplugError(f"--{kind} {core[kind]} and --{entry.name}.{key}={given[key]} disagree; give one")
+            given[key] = value
+        chosen.append(entry)
+    entries += chosen
+    names = [e.name for e in entries]
     if os.environ.get("WANDB_SWEEP_ID"):  # a sweep may set parameters of plugins it did not pick
-        raw = {name: values for name, values in raw.items() if name in plugin_names}
+        raw = {name: values for name, values in raw.items() if name in names}
+    for name in set(raw) - set(names):
+        kind = catalog[name].kind_name if name in catalog else None
+        if kind in ("model", "dataset"):
+            current = {"model": chosen[0], "dataset": chosen[1]}[kind].name
+            raise HpplugError(f"--{name}.* options are given but the {kind} is {current}: add --{kind} {name}")
     values = manager.parse_values(entries, raw)
     return RunConfig(plugins=plugin_names, plugin_params=values, **core), entries
 
@@ -185,7 +178,7 @@ def _resume_dir(resume: str | None, output_dir: str):
 
 def resumed_config(catalog: dict[str, Any], record_dir) -> tuple[RunConfig, list[Any]]:
     """The configuration a run started with, from its checkpoint."""
-    from hpplug import checkpoint, manager, record
+    from hpplug import checkpoint, record
 
     state = record.classify(record_dir)
     if state == "finished":
@@ -197,11 +190,10 @@ def resumed_config(catalog: dict[str, Any], record_dir) -> tuple[RunConfig, list
     try:
         config = RunConfig(**saved)
     except TypeError as exc:
-        raise HpplugError(f"{record_dir / checkpoint.CHECKPOINT / record.RUN_FILE} does not hold a run "
+        raise HpplugError(f"{record_dir / checkpoint.CHECKPOINT / checkpoint.RUN} does not hold a run "
                           f"configuration ({exc}); the checkpoint cannot be resumed") from None
-    entries = manager.resolve(catalog, config.plugins)
-    config.plugin_params = manager.parse_values(entries, config.plugin_params)
-    return config, entries
+    core = {k: v for k, v in saved.items() if k not in ("plugins", "plugin_params", "num_processes")}
+    return build_config(catalog, config.plugins, config.plugin_params, core)
 
 
 def report(result: Any) -> None:
@@ -210,9 +202,11 @@ def report(result: Any) -> None:
         if result.status == "interrupted":
             sys.exit(128 + (result.signum or 2))
         return
-    test = result.summary.get("test/accuracy")
-    click.echo(f"run {result.run_id} {result.status}: test/accuracy "
-               f"{'-' if test is None else f'{test:.4f}'}, "
+    shown = [f"{key} {result.summary[key]:.4f}" for key in ("val/accuracy", "test/accuracy")
+             if isinstance(result.summary.get(key), float)]
+    if result.status == "finished" and "test/accuracy" not in result.summary:
+        shown.append("no test split: the validation result is the run's result")
+    click.echo(f"run {result.run_id} {result.status}: {', '.join(shown + [''])}"
                f"{result.summary.get('train/samples_per_s', 0):,.0f} samples/s; record in {result.record_dir}")
     if result.sync_hint:
         click.echo(f"W&B run saved offline; upload it with: {result.sync_hint}")
@@ -250,13 +244,14 @@ def run_command(catalog: dict[str, Any]) -> click.Command:
               click.Option(["--resume"], metavar="auto|DIR", default=None,
                            help="Continue a run from its checkpoint: its record folder, or auto for the "
                                 "newest unfinished one in --output-dir. Other options are taken from the run.")]
-    params += [_core_option(*spec) for spec in CORE_OPTIONS] + _plugin_options(catalog)
+    params += [_core_option(*spec) for spec in OPTIONS] + _plugin_options(catalog)
     return click.Command(
         "run", callback=callback, params=params,
         context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
                           "max_content_width": 100},
         help="Train a model assembled from plugins, tracked in W&B and in a local run record.\n\n"
-             "Defaults reproduce the seed article: MLP with 500 hidden units, SGD lr 0.1, batch 64. "
+             "Defaults reproduce the seed article: MLP with 500 hidden units, SGD lr 0.1, batch 64 "
+             "(--val-fraction 0 trains on the whole training set, as the article does). "
              "Plugin parameters are --<plugin>.<param>=VALUE, e.g. --cosine.eta_min=0.0001.",
         short_help="Train a model assembled from plugins.")
 

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+LOADERS = ("auto", "memory", "stream")
 PRECISIONS = ("no", "bf16", "fp16")
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -120,8 +121,8 @@ class RunConfig:
     plugin_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     dataset: str = "digits"
     data_root: str = "data"
+    val_fraction: float = 0.1
     model: str = "mlp"
-    hidden: int = 500
     epochs: int = 10
     batch_size: int = 64
     lr: float = 0.1
@@ -136,6 +137,8 @@ class RunConfig:
     log_every: int = 50
     checkpoint_every: str | None = None
     eval_batch_size: int = 1000
+    loader: str = "auto"
+    workers: int = 2
     # Filled in by the engine before ``hpplug_adjust_config`` fires.
     num_processes: int = 1
 
@@ -158,3 +161,34 @@ class RunConfig:
             for name, value in values.items():
                 out[f"{plugin}.{name}"] = value
         return out
+
+
+# (field, click type, help) for every core option of `hpplug run`: the one definition the
+# command line, a sweep's W&B config and sweep YAML checks all convert values with.
+OPTIONS: list[tuple[str, click.ParamType, str]] = [
+    ("dataset", click.STRING, "Data set: a data-set plugin's name (digits is bundled and needs no network), "
+                              "or MODULE:ATTR for your own code. See `hpplug plugins`."),
+    ("data_root", Folder(), "Folder datasets are read from and downloaded to (HPPLUG_OFFLINE=1: never download)."),
+    ("val_fraction", Number(0, 1, max_open=True), "Share of the training set held out for validation when the "
+                                                  "data set has no validation split (fixed and seeded; 0: none)."),
+    ("model", click.STRING, "Model: a model plugin's name (mlp, cnn), a zoo's NAME/ARCH (torchvision/resnet18, "
+                            "timm/resnet18), or MODULE:ATTR for your own nn.Module."),
+    ("epochs", Count(1), "Epochs to train."),
+    ("batch_size", Count(1), "Samples per process per micro-batch."),
+    ("lr", Number(0, min_open=True), "Base learning rate (before LR plugins)."),
+    ("optimizer", click.Choice(OPTIMIZERS), "Optimizer."),
+    ("momentum", Number(0, 1, max_open=True), "SGD momentum."),
+    ("seed", Count(0, SEED_MAX), "Random seed: weights, sample order and augmentation draws."),
+    ("mixed_precision", click.Choice(PRECISIONS), "Autocast precision; fp16 needs a CUDA GPU."),
+    ("grad_accum", Count(1), "Micro-batches per optimizer update."),
+    ("wandb_mode", click.Choice(WANDB_MODES), "W&B mode [default: online with credentials, else offline]."),
+    ("project", WandbName(), "W&B project."),
+    ("output_dir", Folder(writable=True), "Where run records (and offline W&B runs) are written."),
+    ("log_every", Count(1), "Log train loss and LR every N updates."),
+    ("checkpoint_every", click.STRING, "Checkpoint every N updates (200, 200updates) or epochs (1epoch)."),
+    ("eval_batch_size", Count(1), "Batch size for evaluation."),
+    ("loader", click.Choice(LOADERS), "Hold the data in memory (fast) or stream it through a DataLoader; auto: "
+                                      "memory when it fits in a quarter of the free memory."),
+    ("workers", Count(0, 64), "DataLoader worker processes when streaming (and reading a data set once)."),
+]
+OPTION_TYPES = {name: ctype for name, ctype, _ in OPTIONS}

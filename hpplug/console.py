@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from hpplug.plugin import Progress
 
-SHOWN = ("train/loss", "test/loss", "test/accuracy", "lr", "train/samples_per_s")
+SHOWN = ("train/loss", "val/loss", "val/accuracy", "lr", "train/samples_per_s")
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

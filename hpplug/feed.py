@@ -87,6 +87,34 @@ class Collate:
         return torch.stack([x for x, _ in pairs]), torch.tensor([y for _, y in pairs], dtype=torch.int64)
 
 
+def read(loader: DataLoader) -> Iterator[Any]:
+    """Iterate ``loader``; an error in a worker process becomes its own one line again
+    (torch re-raises it with the worker's traceback folded into the message)."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever the data set raised in a worker
+            text = str(exc)
+            if not text.startswith("Caught "):
+                raise
+            last = text.strip().splitlines()[-1]
+            if isinstance(exc, HpplugError):
+                raise HpplugError(last.partition(": ")[2] or last) from None
+            raise HpplugError(f"reading the data set failed in a DataLoader worker: {last}") from None
+        yield batch
+
+
+def loader(dataset: Dataset, name: str, workers: int, **options: Any) -> Iterator[Any]:
+    """A ``DataLoader`` over ``dataset``, read through :func:`read`. It draws its workers' seed
+    from a generator of its own: from the global one it would shift the model's
+    initialization and dropout masks, and the streamed run would differ from the in-memory one."""
+    return read(DataLoader(dataset, num_workers=workers, collate_fn=Collate(name),
+                           generator=torch.Generator().manual_seed(0), **options))
+
+
 def scale_of(x: torch.Tensor) -> float:
     """uint8 inputs are 8-bit pixels (divided by 255, as torchvision's ToTensor); floats stay."""
     return 255.0 if x.dtype == torch.uint8 else 1.0
@@ -182,8 +210,8 @@ class Streamed(Source):
 
     def labels(self) -> torch.Tensor:
         if self._targets is None:
-            loader = DataLoader(self.dataset, batch_size=512, num_workers=self.workers, collate_fn=Collate(self.name))
-            self._targets = torch.cat([y for _, y in loader]) if len(self.dataset) else torch.zeros(0, dtype=torch.int64)
+            batches = loader(self.dataset, self.name, self.workers, batch_size=512)
+            self._targets = torch.cat([y for _, y in batches]) if len(self.dataset) else torch.zeros(0, dtype=torch.int64)
         return self._targets
 
     def subset(self, index: torch.Tensor) -> Streamed:
@@ -193,12 +221,12 @@ class Streamed(Source):
 
     def batches(self, chunks, device):
         full = [c for c in chunks if len(c)]
-        loader = iter(DataLoader(self.dataset, batch_sampler=_Chunks(full), num_workers=self.workers,
-                                 collate_fn=Collate(self.name), pin_memory=device.type == "cuda",
-                                 prefetch_factor=4 if self.workers else None)) if full else iter(())
+        batches = loader(self.dataset, self.name, self.workers, batch_sampler=_Chunks(full),
+                         pin_memory=device.type == "cuda", prefetch_factor=4 if self.workers else None) \
+            if full else iter(())
         for chunk in chunks:
             if len(chunk):  # a process's share of a short last batch can be empty
-                x, y = next(loader)
+                x, y = next(batches)
                 yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             else:
                 yield torch.zeros((0, *self.input_shape), device=device), torch.zeros(0, dtype=torch.int64, device=device)
@@ -251,8 +279,7 @@ def _available_bytes(device: torch.device) -> int:
 
 def _materialize(name: str, dataset: Dataset, workers: int) -> InMemory:
     """Read every item once (with workers) into one tensor."""
-    loader = DataLoader(dataset, batch_size=256, num_workers=workers, collate_fn=Collate(name))
-    xs, ys = zip(*loader)
+    xs, ys = zip(*loader(dataset, name, workers, batch_size=256))
     shapes = {tuple(x.shape[1:]) for x in xs}
     if len(shapes) > 1:
         raise HpplugError(f"{name}: inputs of unequal shape ({', '.join(map(str, sorted(shapes)[:3]))}); "

@@ -128,7 +128,7 @@ def _adjust_config(result: Any, args: dict[str, Any]) -> str | None:
     """The config a plugin changed must still pass the options' own types."""
     import click
 
-    from hpplug.cli import OPTION_TYPES
+    from hpplug.config import OPTION_TYPES
 
     config = args["config"]
     for name, ctype in OPTION_TYPES.items():

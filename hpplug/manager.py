@@ -48,6 +48,9 @@ def resolve(catalog: dict[str, PluginEntry], names: list[str]) -> list[PluginEnt
                               f"{DISABLE_AUTOLOAD_ENV} is set: unset it to use third-party plugins")
         if not entry.active:
             raise HpplugError(f"plugin {name!r} ({entry.distribution} {entry.version}) cannot be used: {entry.error}")
+        if entry.kind_name in ("model", "dataset"):
+            raise HpplugError(f"{name!r} is a {entry.kind_name}, one per run: pick it with --{entry.kind_name} {name}, "
+                              "not --plugin")
         if entry in chosen:
             raise HpplugError(f"plugin {name!r} is named twice")
         chosen.append(entry)
@@ -70,8 +73,10 @@ def check_slots(entries: list[PluginEntry]) -> None:
             )
 
 
-def build(entries: list[PluginEntry], values: dict[str, dict[str, Any]]) -> tuple[pluggy.PluginManager, list[Plugin]]:
-    """Instantiate the chosen plugins with validated values and register them in order.
+def build(entries: list[PluginEntry],
+          values: dict[str, dict[str, Any]]) -> tuple[pluggy.PluginManager, dict[str, Plugin]]:
+    """Instantiate the chosen plugins with validated values and register them in order;
+    returns them by name (what their checkpointed state is keyed by).
 
     Every hook implementation is guarded (:mod:`hpplug.guard`): whatever a plugin raises or
     wrongly returns, at any call site, becomes a PluginError naming the plugin and the hook.
@@ -83,7 +88,7 @@ def build(entries: list[PluginEntry], values: dict[str, dict[str, Any]]) -> tupl
     for entry, plugin in reversed(list(zip(entries, plugins))):
         pm.register(plugin, name=entry.name)
         guard(pm, plugin, entry.name)
-    return pm, plugins
+    return pm, {entry.name: plugin for entry, plugin in zip(entries, plugins)}
 
 
 def parse_values(entries: list[PluginEntry], raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

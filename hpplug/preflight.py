@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from hpplug.config import RunConfig
@@ -42,24 +44,12 @@ def check_wandb_environment(environ: Mapping[str, str]) -> None:
 
 
 def check(config: RunConfig, environ: Mapping[str, str]) -> None:
-    """Before a run starts (nothing written yet): W&B's environment when W&B is used, and memory
-    for the dataset's nominal size (``prepare`` checks again with the data and plugins' changes)."""
-    from hpplug import data
+    """Before a run starts (nothing written yet): W&B's environment when W&B is used.
+    Memory is checked in ``prepare``, once the data's shape is known."""
     from hpplug.tracking import resolve_mode
 
     if resolve_mode(config.wandb_mode) != "disabled":
         check_wandb_environment(environ)
-    if config.dataset in data.SIZES:  # else data.load names the known datasets
-        shape, classes, train, test = data.SIZES[config.dataset]
-        data_bytes = (train + test) * (math.prod(shape) + 8)  # uint8 pixels, int64 labels
-        check_memory(config, shape, classes, train, test, _device(), resident=data_bytes)
-
-
-def _device() -> torch.device:
-    """The device Accelerate will pick for this process."""
-    if torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes"):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
-    return torch.device("cpu")
 
 
 def available(device: torch.device) -> tuple[int, str]:
@@ -78,29 +68,37 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
 
 
-def model_size(config: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, list[int]]:
+def model_size(model_plugin: Any, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, list[int]]:
     """Parameters of the model, and the values each layer outputs per sample: built on the
-    ``meta`` device, so nothing is allocated whatever the size."""
-    from hpplug import models
-
+    ``meta`` device, so nothing is allocated whatever the size. A model that cannot run on
+    ``meta`` is measured by its parameters alone (its outputs are checked on real inputs)."""
     outputs: list[int] = []
     try:
         with torch.device("meta"):
-            model = models.build(config.model, input_shape, num_classes, config.hidden)
-            for module in model.modules():
-                if not list(module.children()):
-                    module.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
-            model(torch.empty(1, *input_shape))
+            model = model_plugin.build(tuple(input_shape), num_classes)
     except HpplugError:
         raise
     except (RuntimeError, ValueError, TypeError, OverflowError) as exc:
-        raise HpplugError(f"--hidden {config.hidden}: the {config.model} cannot be built that large "
-                          f"({one_line(exc, 120)}); lower --hidden") from None
-    return sum(p.numel() for p in model.parameters()), outputs
+        raise HpplugError(f"the model cannot be built that large ({one_line(exc, 120)}); lower its size "
+                          f"parameters (see `hpplug plugins`)") from None
+    if not isinstance(model, torch.nn.Module):
+        return 0, []  # build_model names the problem
+    params = sum(p.numel() for p in model.parameters())
+    hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel())
+                                     if isinstance(out, torch.Tensor) else None)
+             for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, *input_shape, device="meta"))
+    except Exception:  # noqa: BLE001 - some operations have no meta kernel
+        outputs.clear()
+    for hook in hooks:
+        hook.remove()
+    return params, outputs
 
 
-def check_memory(config: RunConfig, input_shape: tuple[int, ...], num_classes: int, train_size: int,
-                 test_size: int, device: torch.device, resident: int = 0) -> None:
+def check_memory(config: RunConfig, model_plugin: Any, input_shape: tuple[int, ...], num_classes: int,
+                 train_size: int, test_size: int, device: torch.device, resident: int = 0) -> None:
     """Refuse a run whose model, optimizer state and largest batch cannot fit in memory, and a
     ``--grad-accum`` that would split an update into more micro-batches than it has samples."""
     per_update = min(config.global_batch_size, train_size)
@@ -108,25 +106,26 @@ def check_memory(config: RunConfig, input_shape: tuple[int, ...], num_classes: i
         raise HpplugError(f"--grad-accum {config.grad_accum}: an update holds {per_update} samples (at most "
                           f"--batch-size x processes x --grad-accum, and the training set has {train_size}), "
                           f"so it splits into at most {per_update} micro-batches; lower --grad-accum")
-    params, outputs = model_size(config, input_shape, num_classes)
+    params, outputs = model_size(model_plugin, input_shape, num_classes)
     states = OPTIMIZER_STATES[config.optimizer] if config.optimizer != "sgd" or config.momentum else 0
     model_bytes = params * FLOAT_BYTES * (2 + states)  # weights, gradients, optimizer state
     pixels = math.prod(input_shape)
     micro, evaluated = min(config.batch_size, train_size), min(config.eval_batch_size, test_size)
     # Training keeps every layer's output and its gradient; evaluation one layer's in and out.
     train_bytes = micro * (pixels + sum(outputs)) * FLOAT_BYTES * 2
-    eval_bytes = evaluated * max(pixels, *outputs) * FLOAT_BYTES * 2
+    eval_bytes = evaluated * max(pixels, *outputs, 0) * FLOAT_BYTES * 2
     needed = model_bytes + max(train_bytes, eval_bytes) + resident
     free, where = available(device)
     if needed <= free:
         return
+    size = f"--{config.model}.* size parameters"
     if model_bytes + resident > free:
-        fix = "lower --hidden"
+        fix = f"make the model smaller ({size})"
     else:
         fix = "lower --batch-size" if train_bytes >= eval_bytes else "lower --eval-batch-size"
-        fix += " (or --hidden)"
+        fix += f" (or {size})"
     raise HpplugError(
-        f"the run needs about {_gb(needed)} of memory but only {_gb(free)} is free {where}: the {config.model} with "
-        f"--hidden {config.hidden} has {params:,} parameters ({_gb(model_bytes)} with gradients and "
+        f"the run needs about {_gb(needed)} of memory but only {_gb(free)} is free {where}: the model "
+        f"{config.model} has {params:,} parameters ({_gb(model_bytes)} with gradients and "
         f"{config.optimizer} state), a batch of {micro} samples takes {_gb(train_bytes)} and one of "
         f"{evaluated} in evaluation {_gb(eval_bytes)}; {fix}")

@@ -30,18 +30,21 @@ def select(catalog: dict[str, Any], kind: str, spec: str) -> tuple[Any, dict[str
     from hpplug.discovery import PluginEntry
 
     option = KINDS[kind]
-    if ":" in spec:
+    if ":" in spec and spec not in catalog:
         cls = from_target(kind, spec)
         return PluginEntry(spec, "<your code>", "", spec, cls=cls), {}
     name, _, variant = spec.partition("/")
     entry = catalog.get(name)
-    if entry is None or (entry.active and entry.kind_name != kind):
-        if entry is not None:
-            raise HpplugError(f"{option} {spec}: {name} is a {entry.kind_name} plugin, not a {kind}; "
-                              f"{kinds_hint(catalog, kind)}")
+    if entry is None:
         close = difflib.get_close_matches(name, names_of(catalog, kind), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise HpplugError(f"unknown {kind} {name!r}; {hint}{kinds_hint(catalog, kind)}")
+    if not entry.active:
+        why = "third-party plugins are off (HPPLUG_DISABLE_PLUGIN_AUTOLOAD)" if entry.disabled else entry.error
+        raise HpplugError(f"{kind} {name!r} ({entry.distribution} {entry.version}) cannot be used: {why}")
+    if entry.kind_name != kind:
+        raise HpplugError(f"{option} {spec}: {name} is a {entry.kind_name} plugin, not a {kind}; "
+                          f"{kinds_hint(catalog, kind)}")
     if not variant:
         return entry, {}
     key = getattr(entry.cls, "variant", None) if entry.cls is not None else None

@@ -183,7 +183,7 @@ def value_checker(name: str, catalog: dict[str, Any]) -> Callable[[Any], str | N
     click types and plugin ``Param.parse`` that ``hpplug run`` uses.
     """
     from hpplug import manager
-    from hpplug.cli import OPTION_TYPES
+    from hpplug.config import OPTION_TYPES
 
     if name in PLUGIN_KEYS:
         def check_plugins(value: Any) -> str | None:
@@ -218,7 +218,7 @@ def value_checker(name: str, catalog: dict[str, Any]) -> Callable[[Any], str | N
 
 def unknown_name(name: str, catalog: dict[str, Any]) -> str | None:
     """Why ``name`` is not something ``hpplug run`` takes, or None if it is."""
-    from hpplug.cli import OPTION_TYPES
+    from hpplug.config import OPTION_TYPES
 
     core = name.replace("-", "_")
     if core in OWN_OPTIONS:
@@ -246,7 +246,8 @@ def unknown_name(name: str, catalog: dict[str, Any]) -> str | None:
 def trial_problem(values: dict[str, Any], catalog: dict[str, Any], fixed_plugins: set[str] = frozenset()) -> str | None:
     """Why ``hpplug run`` refuses these values (its option types, then its configuration
     code ``build_config``, as for a run), or None. ``fixed_plugins``: named in command."""
-    from hpplug.cli import OPTION_TYPES, build_config, split_plugin_names
+    from hpplug.cli import build_config, split_plugin_names
+    from hpplug.config import OPTION_TYPES
 
     try:
         chosen = next((values[k] for k in PLUGIN_KEYS if k in values), [])

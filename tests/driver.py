@@ -174,12 +174,12 @@ class Tally(Plugin):
 
 def inject_faults(spec: str) -> None:
     """Make the Nth filesystem call of the checkpoint save at update K fail (see above)."""
-    from hpplug import engine
+    from hpplug import loop
 
     action, at_update, nth = spec.split(":")
     at_update, nth = int(at_update), int(nth)
     calls = {"active": False, "count": 0, "rmtree": 0}
-    save = engine.Loop.save_checkpoint
+    save = loop.Loop.save_checkpoint
 
     def save_checkpoint(self):
         calls["active"] = self.progress.update == at_update
@@ -214,7 +214,7 @@ def inject_faults(spec: str) -> None:
 
         setattr(owner, name, call)
 
-    engine.Loop.save_checkpoint = save_checkpoint
+    loop.Loop.save_checkpoint = save_checkpoint
     wrap(builtins, "open", lambda file, mode="r", *args, **kwargs: any(c in mode for c in "wax+"))
     for name in ("fsync", "mkdir", "rename", "replace", "unlink", "rmdir"):
         wrap(os, name)

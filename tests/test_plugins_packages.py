@@ -62,6 +62,33 @@ PACKAGES: dict[str, tuple[str, dict[str, str], str]] = {
         ''', {"newer": "hpplug_newer:Newer"}, "hpplug"),
     "hpplug-future": ("from hpplug import Plugin\nclass Future(Plugin): pass\n",
                       {"future": "hpplug_future:Future"}, "hpplug>=99"),
+    # A third party's model and data set, through the same entry points as any plugin.
+    "hpplug-zoo": ('''
+        import torch
+        from torch import nn
+        from torch.utils.data import TensorDataset
+        from hpplug import Dataset, Model, Param, Splits
+
+        class TinyNet(Model):
+            """One hidden layer of ``width`` units over flattened inputs."""
+            params = {"width": Param(int, 16, "hidden units of tiny-net", min=1)}
+
+            def build(self, input_shape, num_classes):
+                return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(input_shape).prod()), self.width),
+                                     nn.ReLU(), nn.Linear(self.width, num_classes))
+
+        class Blobs(Dataset):
+            """Three Gaussian blobs in ``dims`` dimensions: a tabular data set."""
+            params = {"dims": Param(int, 4, "feature dimensions of blobs", min=1)}
+
+            def load(self, root, download):
+                g = torch.Generator().manual_seed(0)
+                centers = torch.randn(3, self.dims, generator=g) * 4
+                y = torch.randint(0, 3, (600,), generator=g)
+                x = centers[y] + torch.randn(600, self.dims, generator=g)
+                return Splits(train=TensorDataset(x[:500], y[:500]), test=TensorDataset(x[500:], y[500:]),
+                              classes=["a", "b", "c"])
+        ''', {"tiny-net": "hpplug_zoo:TinyNet", "blobs": "hpplug_zoo:Blobs"}, "hpplug>=0.1"),
 }
 
 
@@ -192,6 +219,20 @@ def test_a_good_plugin_trains_through_the_console_script(site: Path, tmp_path: P
     assert config["plugin_versions"] == {"good": "hpplug-good==1.0"}
     lrs = [json.loads(line)["lr"] for line in (record / "metrics.jsonl").read_text().splitlines()]
     assert lrs and all(lr == pytest.approx(0.1 * 0.25) for lr in lrs)
+
+
+def test_a_third_party_model_and_data_set_train_by_name(site: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "hpplug", "run", "--model", "tiny-net", "--tiny-net.width", "8",
+                           "--dataset", "blobs", "--blobs.dims", "5", "--epochs", "3", "--wandb-mode", "disabled",
+                           "--output-dir", str(tmp_path)],
+                          env=plugin_env(site), capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (record,) = tmp_path.iterdir()
+    config = json.loads((record / "config.json").read_text())
+    assert (config["model"], config["tiny-net.width"], config["dataset"], config["blobs.dims"]) == ("tiny-net", 8, "blobs", 5)
+    assert config["plugin_versions"]["tiny-net"] == "hpplug-zoo==1.0"
+    summary = json.loads((record / "summary.json").read_text())
+    assert summary["test/accuracy"] > 0.9 and summary["val/accuracy"] > 0.9  # well-separated blobs
 
 
 def test_plugins_lists_every_package_with_its_status(cli: dict[str, Any]) -> None:

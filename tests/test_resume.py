@@ -172,7 +172,7 @@ def test_each_plugin_gets_its_own_state_back_when_named_in_another_order(hpplug_
     """A plugin's state is saved under its name, not its position among the plugins."""
     for name, cls in (("crash-at", CrashAt), ("keeper-a", KeeperA), ("keeper-b", KeeperB)):
         hpplug_register(name, cls)
-    options = dict(epochs=2, log_every=4, checkpoint_every="10", hidden=16,
+    options = dict(epochs=2, log_every=4, checkpoint_every="10", params={"mlp": {"hidden": 16}},
                    plugins=["crash-at", "keeper-a", "keeper-b"])
     CrashAt.at = -1
     baseline = Path(hpplug_train(output_dir=str(tmp_path / "a"), **options).record_dir)

@@ -45,7 +45,7 @@ def test_the_issue_asks_for_these_sweeps() -> None:
 def test_shipped_sweeps_are_valid(path: Path, catalog: dict[str, Any]) -> None:
     spec, found = load(path)
     assert spec is not None and problems(spec, catalog) == []
-    assert spec.metric == "test/accuracy" and spec.goal == "maximize"  # a metric hpplug logs
+    assert spec.metric == "val/accuracy" and spec.goal == "maximize"  # tuned on validation, never on test
     assert "hpplug" in spec.raw["command"] and "${args}" in spec.raw["command"]
     argv = expand_command(spec.raw["command"], trial_values(spec, sweeps.next_run(spec.raw, []).config))
     assert "run" in argv and any(a.startswith("--lr=") for a in argv)

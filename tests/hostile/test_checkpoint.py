@@ -81,12 +81,12 @@ def crashed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hpplug.cli import build_config
 
     root = tmp_path_factory.mktemp("crashed")
-    core = {"epochs": 1, "hidden": 8, "batch_size": 256, "checkpoint_every": "2", "wandb_mode": "disabled",
+    core = {"epochs": 1, "batch_size": 256, "checkpoint_every": "2", "wandb_mode": "disabled",
             "output_dir": str(root)}
     discovery.register_local("crash-at", CrashAt)
     discovery.register_local("keeper", Keeper)
     try:
-        config, entries = build_config(discovery.discover(), ["crash-at", "keeper"], {}, core)
+        config, entries = build_config(discovery.discover(), ["crash-at", "keeper"], {"mlp": {"hidden": 8}}, core)
         CrashAt.at = 5
         with pytest.raises(Crash):
             engine.run(config, entries, show_progress=False)
@@ -238,7 +238,7 @@ def test_a_well_formed_state_that_does_not_fit_the_run_is_refused(forgery, words
     folder = record / "checkpoint"
     if forgery == "hidden":
         run = json.loads((folder / "run.json").read_text())
-        run["config"]["hidden"] = 9
+        run["config"]["plugin_params"]["mlp"]["hidden"] = 9
         (folder / "run.json").write_text(json.dumps(run))
     elif forgery == "loop":
         loop = json.loads((folder / "loop.json").read_text())
@@ -272,7 +272,7 @@ def test_a_manifest_naming_files_outside_the_folder_is_refused(record, refused, 
 
 # --- A kill at each step of a save; a full disk ------------------------------------------
 
-RUN = ["--plugin", "dropout", "--optimizer", "adam", "--epochs", "1", "--hidden", "8", "--batch-size", "512",
+RUN = ["--plugin", "dropout", "--optimizer", "adam", "--epochs", "1", "--mlp.hidden", "8", "--batch-size", "512",
        "--checkpoint-every", "1", "--log-every", "1", "--wandb-mode", "disabled"]
 
 
@@ -349,7 +349,7 @@ def torchrun(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess
 
 
 TWO = ["run", "--plugin", "killer", "--plugin", "dropout", "--plugin", "tally", "--momentum", "0.9", "--epochs", "1",
-       "--hidden", "8", "--batch-size", "64", "--checkpoint-every", "3", "--log-every", "1", "--wandb-mode", "disabled"]
+       "--mlp.hidden", "8", "--batch-size", "64", "--checkpoint-every", "3", "--log-every", "1", "--wandb-mode", "disabled"]
 
 
 @pytest.fixture(scope="module")

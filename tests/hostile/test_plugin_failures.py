@@ -23,7 +23,7 @@ import torch
 from hpplug import HpplugError, Plugin, hookimpl
 from hpplug.discovery import HOOKS
 
-QUICK = ("--epochs", "1", "--batch-size", "256", "--hidden", "32", "--wandb-mode", "disabled")
+QUICK = ("--epochs", "1", "--batch-size", "256", "--mlp.hidden", "32", "--wandb-mode", "disabled")
 
 
 def plugin_with(hook: str, body: Callable[..., Any]) -> type[Plugin]:

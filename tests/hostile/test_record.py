@@ -32,7 +32,7 @@ from .conftest import snapshot
 
 DRIVER = str(Path(__file__).parents[1] / "driver.py")
 VOLATILE = {"time", "train/samples_per_s"}
-TINY = ["--epochs", "2", "--hidden", "32", "--log-every", "4", "--checkpoint-every", "10"]
+TINY = ["--epochs", "2", "--mlp.hidden", "32", "--log-every", "4", "--checkpoint-every", "10"]
 COMMON = ["run", "--plugin", "killer", "--plugin", "disk-full", *TINY, "--wandb-mode", "disabled"]
 
 
@@ -352,7 +352,7 @@ class Switch(Plugin):
 def cut_run(hpplug_register, hpplug_train, tmp_path):
     """An in-process baseline and the same run cut at update 35 (checkpoint at 30)."""
     hpplug_register("switch", Switch)
-    options = dict(epochs=2, hidden=32, log_every=4, checkpoint_every="10", plugins=["switch"])
+    options = dict(epochs=2, params={"mlp": {"hidden": 32}}, log_every=4, checkpoint_every="10", plugins=["switch"])
     Switch.crash_at, Switch.fail_setup = -1, False
     base = Path(hpplug_train(output_dir=str(tmp_path / "a"), **options).record_dir)
     Switch.crash_at = 35

@@ -103,7 +103,7 @@ def test_missing_or_folder_yaml(refused: Callable[..., Any], sandbox: Any) -> No
     assert "is a directory" in refused("sweep", "runs").line
 
 
-GRID_15 = {"hidden": range(1, 11), "epochs": range(1, 11), "batch_size": range(1, 11), "seed": range(10),
+GRID_15 = {"mlp.hidden": range(1, 11), "epochs": range(1, 11), "batch_size": range(1, 11), "seed": range(10),
            "grad_accum": range(1, 11), "log_every": range(1, 11), "eval_batch_size": range(1, 11),
            "lr": [x / 10 for x in range(1, 11)], "momentum": [x / 10 for x in range(10)],
            "dropout.p": [x / 10 for x in range(10)], "label-smoothing.smoothing": [x / 10 for x in range(10)],
@@ -140,7 +140,7 @@ def run_refuses(name: str, value: Any) -> bool:
     return False
 
 
-@pytest.mark.parametrize("name, value", [("seed", -1), ("seed", 2**32), ("seed", 7), ("hidden", 10**12),
+@pytest.mark.parametrize("name, value", [("seed", -1), ("seed", 2**32), ("seed", 7), ("mlp.hidden", 10**12),
                                          ("batch_size", 0), ("eval_batch_size", 10**15), ("lr", 0), ("epochs", 0)])
 def test_what_hpplug_run_refuses_the_sweep_refuses(refused: Callable[..., Any], user_file: Callable[..., str],
                                                    hpplug_cli: Callable[..., Any], name: str, value: Any) -> None:

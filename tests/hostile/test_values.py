@@ -38,25 +38,38 @@ def test_non_finite_and_out_of_range_numbers(refused, argv, says) -> None:
 
 
 @pytest.mark.parametrize(("argv", "says"), [
-    (["--hidden", "1000000000"], "75,000,000,010 parameters"),
-    (["--hidden", str(10**16)], "750,000,000,000,000,010 parameters"),
-    # A batch bigger than MNIST is only as big as MNIST (60,000), and that still cannot fit.
-    (["--dataset", "mnist", "--hidden", "300000", "--batch-size", str(10**9)], "a batch of 60000 samples"),
+    (["--mlp.hidden", "1000000000"], "75,000,000,010 parameters"),
+    (["--mlp.hidden", str(10**16)], "750,000,000,000,000,010 parameters"),
+    # A batch bigger than the training set is only as big as it (1,293 after the validation
+    # hold-out), and with 3,000,000 hidden units that still cannot fit.
+    (["--mlp.hidden", "3000000", "--batch-size", str(10**9)], "a batch of 1293 samples"),
 ])
-def test_a_run_that_cannot_fit_in_memory_says_how_much_it_needs(refused, argv, says) -> None:
-    line = refused("run", *argv, *QUICK).line
+def test_a_run_that_cannot_fit_in_memory_says_how_much_it_needs(refused, sandbox, argv, says) -> None:
+    """Checked once the data's shape is known, before anything is allocated: the run's record
+    holds the refusal (a run that fails before training still has a record)."""
+    line = refused("run", *argv, *QUICK, allowed=sandbox.runs).line
     assert says in line and "of memory but only" in line and " GB is free " in line
-    assert ("lower --batch-size" if "--batch-size" in argv else "lower --hidden") in line
+    assert ("lower --batch-size" if "--batch-size" in argv else "make the model smaller") in line
+    assert failed_summary(sandbox)["error"] in line
 
 
-def test_a_model_too_large_to_count_is_refused(refused) -> None:
-    line = refused("run", "--hidden", str(2**62), *QUICK).line
-    assert f"--hidden {2**62}: the mlp cannot be built that large" in line
+def test_a_model_too_large_to_count_is_refused(refused, sandbox) -> None:
+    line = refused("run", "--mlp.hidden", str(2**62), *QUICK, allowed=sandbox.runs).line
+    assert "the model cannot be built that large" in line
+    assert failed_summary(sandbox)["status"] == "failed"
 
 
-def test_more_micro_batches_than_samples_is_refused(refused) -> None:
-    line = refused("run", "--grad-accum", str(10**9), *QUICK).line
-    assert "--grad-accum 1000000000" in line and "at most 1437 micro-batches" in line
+def failed_summary(sandbox) -> dict:
+    """The summary of the one new record a refused run left beside the earlier one."""
+    (record,) = [p for p in sandbox.runs.iterdir() if p != sandbox.earlier and p.name != "wandb"]
+    summary = json.loads((record / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary.get("updates", 0) == 0
+    return summary
+
+
+def test_more_micro_batches_than_samples_is_refused(refused, sandbox) -> None:
+    line = refused("run", "--grad-accum", str(10**9), *QUICK, allowed=sandbox.runs).line
+    assert "--grad-accum 1000000000" in line and "at most 1293 micro-batches" in line
 
 
 def test_huge_batch_sizes_that_can_work_do(hpplug_cli, sandbox) -> None:

@@ -17,7 +17,7 @@ import torch
 import torchvision.datasets
 import torchvision.datasets.cifar
 
-from hpplug import TensorSplit, data
+from hpplug import TensorSplit
 from hpplug_datasets.cifar10 import CIFAR10, FOLDER, META, TEST, TRAIN
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -88,14 +88,17 @@ def test_cifar_batches_load_as_uint8_images_with_their_labels(tmp_path: Path, wr
     assert splits.train.x.shape == (35, 3, 32, 32) and splits.classes == NAMES and splits.val is None
 
 
-def test_equal_to_what_the_core_loader_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """hpplug.data (torchvision's reader) accepts only the real files' checksums: lifted for the comparison."""
+def test_equal_to_what_torchvisions_reader_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision's reader (it unpickles: fine on files this test wrote) accepts only the real
+    files' checksums: lifted for the comparison."""
     write_cifar(tmp_path, ["py2"])
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
-    old, splits = data.load("cifar10", tmp_path, download=False), CIFAR10().load(tmp_path, download=False)
-    assert torch.equal(splits.train.x, old.train_x) and torch.equal(splits.train.y, old.train_y)
-    assert torch.equal(splits.test.x, old.test_x) and torch.equal(splits.test.y, old.test_y)
-    assert len(splits.classes) == old.num_classes and splits.train.scale == old.scale
+    splits = CIFAR10().load(tmp_path, download=False)
+    for split, train in ((splits.train, True), (splits.test, False)):
+        theirs = torchvision.datasets.CIFAR10(str(tmp_path), train=train, download=False)
+        assert torch.equal(split.x, torch.as_tensor(theirs.data).permute(0, 3, 1, 2))
+        assert torch.equal(split.y, torch.as_tensor(theirs.targets))
+    assert len(splits.classes) == 10 and splits.train.scale == 255.0
 
 
 class Payload:
