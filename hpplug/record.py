@@ -18,14 +18,13 @@ before their first checkpoint (a preempted sweep trial re-run from the start).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from hpplug.atomic import write_atomic
 from hpplug.errors import HpplugError
 
 CONFIG, METRICS, SUMMARY, ATTEMPTS = "config.json", "metrics.jsonl", "summary.json", "attempts"
@@ -65,24 +64,7 @@ def env_run_id() -> str | None:
 
 def write_json(path: Path, data: Any) -> None:
     """Replace ``path`` with ``data`` atomically; on any failure the old file stays as it was."""
-    text = json.dumps(data, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable, where folders can be synced
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _damaged(path: Path, why: str, fix: str) -> HpplugError:
