@@ -71,9 +71,19 @@ def _damaged(path: Path, why: str, fix: str) -> HpplugError:
     return HpplugError(f"{path} is damaged ({why}); {fix}")
 
 
-def read_json(path: Path, fix: str, empty_ok: bool = False) -> dict[str, Any] | None:
+def read_json(path: Path, fix: str = "", empty_ok: bool = False, *, tolerant: bool = False) -> dict[str, Any] | None:
     """A JSON object from ``path``; None when missing (or empty, with ``empty_ok``: what a
-    non-atomic write cut short leaves). Other damage names the file and ``fix``."""
+    non-atomic write cut short leaves). Other damage names the file and ``fix``; with
+    ``tolerant`` (a reader that must go on, such as a sweep watching its trials) it is None."""
+    try:
+        return _read_json(path, fix, empty_ok)
+    except HpplugError:
+        if tolerant:
+            return None
+        raise
+
+
+def _read_json(path: Path, fix: str, empty_ok: bool) -> dict[str, Any] | None:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -93,17 +103,21 @@ def read_json(path: Path, fix: str, empty_ok: bool = False) -> dict[str, Any] | 
     return data
 
 
-def read_jsonl(path: Path, fix: str) -> tuple[list[dict[str, Any]], int]:
+def read_jsonl(path: Path, fix: str = "", *, tolerant: bool = False) -> tuple[list[dict[str, Any]], int]:
     """The rows of ``metrics.jsonl`` and the length in bytes of its complete lines.
 
     A last line without its newline is a torn write and is left out; any other line that
     is not a JSON object with an integer ``step`` is damage, named with its line number.
+    With ``tolerant`` (a reader that reads around damage: a sweep), a file that cannot be
+    read has no rows and a line that is not a JSON object is skipped.
     """
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return [], 0
     except OSError as exc:
+        if tolerant:
+            return [], 0
         raise HpplugError(f"cannot read {path}: {exc.strerror or exc}; {fix}") from None
     end = raw.rfind(b"\n") + 1  # bytes after the last newline: a torn tail
     rows = []
@@ -112,9 +126,10 @@ def read_jsonl(path: Path, fix: str) -> tuple[list[dict[str, Any]], int]:
             row = json.loads(line)
         except (ValueError, RecursionError):
             row = None
-        if not isinstance(row, dict) or type(row.get("step")) is not int:
+        if isinstance(row, dict) and (tolerant or type(row.get("step")) is int):
+            rows.append(row)
+        elif not tolerant:
             raise _damaged(path, f"line {number} is not a metrics row", fix)
-        rows.append(row)
     return rows, end
 
 

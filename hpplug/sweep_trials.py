@@ -8,7 +8,6 @@ each holds a lock file for its whole life, so a later runner knows whether it st
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -16,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hpplug import record
 from hpplug.errors import HpplugError
 
 try:
@@ -24,35 +24,22 @@ except ImportError:  # Windows: no flock; a trial is then found by its recorded 
     fcntl = None  # type: ignore[assignment]
 
 
-def read_history(record: Path) -> list[dict[str, Any]]:
-    """The rows of a run's ``metrics.jsonl``. Read back as untrusted: a torn (half-written)
-    or damaged line, or one that is not a JSON object, is skipped."""
-    try:
-        text = (record / "metrics.jsonl").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+def read_history(record_dir: Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl``, read around damage (``record.read_jsonl``):
+    a torn last line, a damaged line or one that is not a JSON object is skipped."""
+    return record.read_jsonl(record_dir / record.METRICS, tolerant=True)[0]
 
 
-def read_summary(record: Path, since: float = 0.0) -> dict[str, Any]:
+def read_summary(record_dir: Path, since: float = 0.0) -> dict[str, Any]:
     """A run's ``summary.json`` if written at or after ``since`` (older ones are stale); {}
     when there is none, or it is empty, damaged or not a JSON object."""
-    path = record / "summary.json"
+    path = record_dir / record.SUMMARY
     try:
-        if path.stat().st_mtime + 1.0 >= since:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else {}
-    except (OSError, ValueError, RecursionError):
-        pass
-    return {}
+        if path.stat().st_mtime + 1.0 < since:
+            return {}
+    except OSError:
+        return {}
+    return record.read_json(path, tolerant=True) or {}
 
 
 def metric_value(name: str, summary: dict[str, Any], history: list[dict[str, Any]]) -> float | None:
