@@ -96,7 +96,22 @@ def signal_trainers(pid: int, signum: int) -> int:
     return len(targets or [root])
 
 
-# --- a trial's lock: whether its process lives, whoever started it ------------------------
+# --- locks: one runner per sweep; whether a trial's process lives, whoever started it ------
+
+
+def lock_sweep(sweep_dir: Path) -> Any:
+    """The open, locked ``sweep.lock`` of a sweep folder (close it to unlock): a second
+    runner of the same sweep would start the same trials."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(sweep_dir / "sweep.lock", "a+")
+    if fcntl is not None:  # Windows: no lock
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise HpplugError(f"another hpplug sweep is running the sweep in {sweep_dir}; "
+                              "wait for it, or run more trials at once with --parallel") from None
+    return handle
 
 
 def start(argv: list[str], env: dict[str, str], log: Path, lock: Path) -> subprocess.Popen:
