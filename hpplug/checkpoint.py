@@ -91,14 +91,6 @@ def saved_config(record_dir: Path) -> dict[str, Any]:
     return config
 
 
-def status(record_dir: Path) -> str | None:
-    """The status in a run's summary.json; None while it runs or after a kill (no summary,
-    or an empty one that a write cut short left: the checkpoint then decides)."""
-    summary = record.read_json(record_dir / record.SUMMARY, "restore or move it aside, then try again",
-                               empty_ok=True)
-    return None if summary is None else summary.get("status")
-
-
 def find_resumable(output_dir: Path) -> Path:
     """``--resume auto``: the newest run under ``output_dir`` with a checkpoint that did not
     finish. A damaged candidate is reported, not skipped: skipping would pick an older run."""

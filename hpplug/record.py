@@ -163,6 +163,13 @@ def keep_aside(record_dir: Path) -> Path | None:
     return target
 
 
+def status(record_dir: Path) -> str | None:
+    """The status in a run's summary.json; None while it runs or after a kill (no summary,
+    or an empty one that a write cut short left: the checkpoint then decides)."""
+    summary = read_json(record_dir / SUMMARY, "restore or move it aside, then try again", empty_ok=True)
+    return None if summary is None else summary.get("status")
+
+
 def classify(record_dir: Path) -> str | None:
     """What a run id's folder holds: None (nothing yet), ``"finished"``, ``"resumable"``
     (a checkpoint, not finished) or ``"restartable"`` (an attempt that ended before its
@@ -178,7 +185,7 @@ def classify(record_dir: Path) -> str | None:
     if not any(_is_record_file(name) for name in names):
         raise HpplugError(f"{record_dir} is not a run record (no {CONFIG}, {METRICS} or {checkpoint.CHECKPOINT}/); "
                           "use another run id or --output-dir")
-    if checkpoint.status(record_dir) == "finished":
+    if status(record_dir) == "finished":
         return "finished"
     if not checkpoint.has_checkpoint(record_dir):
         return "restartable"
