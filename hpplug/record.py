@@ -4,7 +4,7 @@
 ``checkpoint/``; ``attempts/<n>/`` keeps earlier attempts of the same run id that ended
 before their first checkpoint (a preempted sweep trial re-run from the start).
 
-- JSON files are replaced atomically (temporary file in the same folder, fsync, rename):
+- JSON files are replaced atomically (``hpplug.atomic``: temporary file, fsync, rename):
   a kill or a full disk leaves the previous file, never a torn one.
 - ``metrics.jsonl`` is appended line by line; a line only counts once its newline is
   written, so a torn last line (a kill or a full disk mid-write) is dropped when read and
