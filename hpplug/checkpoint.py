@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from hpplug import record, runstate, statefile
+from hpplug.atomic import fsync_dir, write_atomic, write_durable
 from hpplug.errors import HpplugError
 
 if TYPE_CHECKING:
@@ -91,14 +92,6 @@ def saved_config(record_dir: Path) -> dict[str, Any]:
     if problem:
         raise saved.refuse(RUN, problem)
     return config
-
-
-def status(record_dir: Path) -> str | None:
-    """The status in a run's summary.json; None while it runs or after a kill (no summary,
-    or an empty one that a write cut short left: the checkpoint then decides)."""
-    summary = record.read_json(record_dir / record.SUMMARY, "restore or move it aside, then try again",
-                               empty_ok=True)
-    return None if summary is None else summary.get("status")
 
 
 def find_resumable(output_dir: Path) -> Path:
@@ -274,7 +267,7 @@ def _write_parts(loop: Loop, staging: Path) -> None:
             statefile.write(staging, f"plugin.{name}", plugin.state_dict())
         except TypeError as exc:
             raise HpplugError(f"plugin {name}: its state_dict() cannot be checkpointed: {exc}") from None
-    statefile.write_bytes(staging / RUN, (json.dumps({"config": loop.start_config}, indent=2) + "\n").encode())
+    write_durable(staging / RUN, (json.dumps({"config": loop.start_config}, indent=2) + "\n").encode())
 
 
 def _commit(loop: Loop, record: Path, sequence: int) -> None:
@@ -287,10 +280,7 @@ def _commit(loop: Loop, record: Path, sequence: int) -> None:
     manifest = {"format": FORMAT, "sequence": sequence, "update": loop.progress.update,
                 "epoch": loop.progress.epoch, "processes": loop.accelerator.num_processes,
                 "plugins": list(loop.plugins), "files": files}
-    part = staging / (MANIFEST + ".part")
-    statefile.write_bytes(part, json.dumps(manifest, indent=1).encode())
-    os.replace(part, staging / MANIFEST)  # a manifest is whole or absent
-    statefile.fsync_dir(staging)
+    write_atomic(staging / MANIFEST, json.dumps(manifest, indent=1))  # a manifest is whole or absent
     _install(record)
 
 
@@ -302,7 +292,7 @@ def _install(record: Path) -> None:
     if final.exists():
         os.rename(final, previous)
     os.rename(staging, final)
-    statefile.fsync_dir(record)
+    fsync_dir(record)
     if previous.exists():
         shutil.rmtree(previous)
 
@@ -322,7 +312,7 @@ def _tidy(record: Path) -> int:
             if (record / name).exists():
                 shutil.rmtree(record / name)
         os.rename(record / PREVIOUS, record / CHECKPOINT)
-        statefile.fsync_dir(record)
+        fsync_dir(record)
     else:
         for name in (STAGING, PREVIOUS):
             if (record / name).exists():

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hpplug.atomic import write_atomic
+
 # IDX type code -> big-endian numpy dtype, as the format defines them.
 IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
@@ -86,19 +88,13 @@ def decode_idx(raw: bytes, name: str = "IDX data") -> np.ndarray:
 def write_idx(path: str | os.PathLike[str], array: ArrayLike) -> Path:
     """Write ``array`` (numpy or torch; uint8 for MNIST) as an IDX file; ``.gz`` => gzip.
 
-    The file appears atomically (written beside, then renamed), so a reader running at
-    the same time never sees half a file. Returns the path.
+    The file appears atomically (:func:`hpplug.atomic.write_atomic`), so a reader running
+    at the same time never sees half a file. Returns the path.
     """
     path = Path(path)
     data = encode_idx(array)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with (gzip.open(tmp, "wb", compresslevel=6) if path.suffix == ".gz" else open(tmp, "wb")) as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, gzip.compress(data, compresslevel=6) if path.suffix == ".gz" else data)
     return path
 
 

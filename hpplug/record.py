@@ -4,7 +4,7 @@
 ``checkpoint/``; ``attempts/<n>/`` keeps earlier attempts of the same run id that ended
 before their first checkpoint (a preempted sweep trial re-run from the start).
 
-- JSON files are replaced atomically (temporary file in the same folder, fsync, rename):
+- JSON files are replaced atomically (``hpplug.atomic``: temporary file, fsync, rename):
   a kill or a full disk leaves the previous file, never a torn one.
 - ``metrics.jsonl`` is appended line by line; a line only counts once its newline is
   written, so a torn last line (a kill or a full disk mid-write) is dropped when read and
@@ -18,14 +18,13 @@ before their first checkpoint (a preempted sweep trial re-run from the start).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from hpplug.atomic import write_atomic
 from hpplug.errors import HpplugError
 
 CONFIG, METRICS, SUMMARY, ATTEMPTS = "config.json", "metrics.jsonl", "summary.json", "attempts"
@@ -65,33 +64,26 @@ def env_run_id() -> str | None:
 
 def write_json(path: Path, data: Any) -> None:
     """Replace ``path`` with ``data`` atomically; on any failure the old file stays as it was."""
-    text = json.dumps(data, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable, where folders can be synced
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _damaged(path: Path, why: str, fix: str) -> HpplugError:
     return HpplugError(f"{path} is damaged ({why}); {fix}")
 
 
-def read_json(path: Path, fix: str, empty_ok: bool = False) -> dict[str, Any] | None:
+def read_json(path: Path, fix: str = "", empty_ok: bool = False, *, tolerant: bool = False) -> dict[str, Any] | None:
     """A JSON object from ``path``; None when missing (or empty, with ``empty_ok``: what a
-    non-atomic write cut short leaves). Other damage names the file and ``fix``."""
+    non-atomic write cut short leaves). Other damage names the file and ``fix``; with
+    ``tolerant`` (a reader that must go on, such as a sweep watching its trials) it is None."""
+    try:
+        return _read_json(path, fix, empty_ok)
+    except HpplugError:
+        if tolerant:
+            return None
+        raise
+
+
+def _read_json(path: Path, fix: str, empty_ok: bool) -> dict[str, Any] | None:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -111,17 +103,21 @@ def read_json(path: Path, fix: str, empty_ok: bool = False) -> dict[str, Any] | 
     return data
 
 
-def read_jsonl(path: Path, fix: str) -> tuple[list[dict[str, Any]], int]:
+def read_jsonl(path: Path, fix: str = "", *, tolerant: bool = False) -> tuple[list[dict[str, Any]], int]:
     """The rows of ``metrics.jsonl`` and the length in bytes of its complete lines.
 
     A last line without its newline is a torn write and is left out; any other line that
     is not a JSON object with an integer ``step`` is damage, named with its line number.
+    With ``tolerant`` (a reader that reads around damage: a sweep), a file that cannot be
+    read has no rows and a line that is not a JSON object is skipped.
     """
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return [], 0
     except OSError as exc:
+        if tolerant:
+            return [], 0
         raise HpplugError(f"cannot read {path}: {exc.strerror or exc}; {fix}") from None
     end = raw.rfind(b"\n") + 1  # bytes after the last newline: a torn tail
     rows = []
@@ -130,9 +126,10 @@ def read_jsonl(path: Path, fix: str) -> tuple[list[dict[str, Any]], int]:
             row = json.loads(line)
         except (ValueError, RecursionError):
             row = None
-        if not isinstance(row, dict) or type(row.get("step")) is not int:
+        if isinstance(row, dict) and (tolerant or type(row.get("step")) is int):
+            rows.append(row)
+        elif not tolerant:
             raise _damaged(path, f"line {number} is not a metrics row", fix)
-        rows.append(row)
     return rows, end
 
 
@@ -166,6 +163,13 @@ def keep_aside(record_dir: Path) -> Path | None:
     return target
 
 
+def status(record_dir: Path) -> str | None:
+    """The status in a run's summary.json; None while it runs or after a kill (no summary,
+    or an empty one that a write cut short left: the checkpoint then decides)."""
+    summary = read_json(record_dir / SUMMARY, "restore or move it aside, then try again", empty_ok=True)
+    return None if summary is None else summary.get("status")
+
+
 def classify(record_dir: Path) -> str | None:
     """What a run id's folder holds: None (nothing yet), ``"finished"``, ``"resumable"``
     (a checkpoint, not finished) or ``"restartable"`` (an attempt that ended before its
@@ -181,7 +185,7 @@ def classify(record_dir: Path) -> str | None:
     if not any(_is_record_file(name) for name in names):
         raise HpplugError(f"{record_dir} is not a run record (no {CONFIG}, {METRICS} or {checkpoint.CHECKPOINT}/); "
                           "use another run id or --output-dir")
-    if checkpoint.status(record_dir) == "finished":
+    if status(record_dir) == "finished":
         return "finished"
     if not checkpoint.has_checkpoint(record_dir):
         return "restartable"

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import numbers
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
+
+from hpplug.atomic import write_durable
 
 TENSOR, TUPLE, INT_KEYS, DICT = "$tensor", "$tuple", "$int-keys", "$dict"
 SUFFIXES = (".json", ".safetensors")
@@ -124,26 +125,10 @@ def decode(json_bytes: bytes, tensor_bytes: bytes) -> Any:
 def write(folder: Path, name: str, state: Any) -> None:
     """``folder/NAME.json`` and ``folder/NAME.safetensors``, each on disk when this returns."""
     for suffix, data in zip(SUFFIXES, encode(state)):
-        write_bytes(folder / (name + suffix), data)
+        write_durable(folder / (name + suffix), data)
 
 
 def read(folder: Path, name: str) -> Any:
     """What :func:`write` wrote; never unpickles, so a crafted file cannot run code."""
     return decode(*((folder / (name + suffix)).read_bytes() for suffix in SUFFIXES))
 
-
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` and fsync it, so that what is written after it cannot outlive it."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make the names created, renamed or removed in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

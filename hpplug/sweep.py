@@ -80,13 +80,13 @@ def sweep_folder(sweep_dir: str | None, spec: SweepSpec) -> Path:
 
 def write_template(text: str, output: str) -> None:
     """Write a template YAML to a new file; an existing file is never overwritten."""
-    from hpplug.atomic import write_text_atomic
+    from hpplug.atomic import write_atomic
 
     path = Path(output)
     try:
         if path.exists():
             raise HpplugError(f"-o {output}: exists; give a new file name (a template never overwrites a file)")
-        write_text_atomic(path, text)
+        write_atomic(path, text)
     except (OSError, ValueError) as exc:
         raise HpplugError(f"-o {output}: cannot write it: {getattr(exc, 'strerror', None) or exc}") from None
 

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hpplug.atomic import write_text_atomic
+from hpplug.atomic import write_atomic
 from hpplug.sweep_spec import SweepSpec, pretty_command
 
 RANKED = ("finished", "stopped")  # statuses whose metric is a real result
@@ -147,7 +147,7 @@ def write(spec: SweepSpec, state: dict[str, Any], sweep_dir: Path) -> tuple[str,
     """Write ``summary.json`` and the plot; return the text to print and the summary."""
     png = plot(spec, state["trials"], sweep_dir / "metric_vs_params.png")
     data = summary(spec, state, png)
-    write_text_atomic(sweep_dir / "summary.json", json.dumps(data, indent=2, default=str) + "\n")
+    write_atomic(sweep_dir / "summary.json", json.dumps(data, indent=2, default=str) + "\n")
     lines = [table(spec, state["trials"]), ""]
     if data["best"]:
         b = data["best"]

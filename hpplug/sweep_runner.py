@@ -8,7 +8,8 @@ exists, and its process holds the trial's lock file from the fork on (``sweep_tr
 so a runner killed at any instant leaves nothing unknown: running the same sweep again
 waits for trials that still run (adopted), collects those that ended meanwhile, and
 starts again, under the same run id, those whose process is gone (``hpplug run`` resumes
-from the checkpoint when ``WANDB_RUN_ID`` names a run that has one). No trial runs twice.
+from the checkpoint when ``WANDB_RUN_ID`` names a run that has one, and otherwise keeps
+the earlier attempt in the record's ``attempts/<n>/``). No trial runs twice.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import click
 from hpplug import sweep_state
 from hpplug.errors import HpplugError
 from hpplug.sweep_spec import SweepSpec, expand_command, trial_values
-from hpplug.sweep_trials import Adopted, adopt, metric_value, read_history, read_summary, signal_trainers, start
+from hpplug.sweep_trials import (Adopted, adopt, lock_sweep, metric_value, read_history, read_summary, signal_trainers,
+                                 start)
 
 UNFINISHED = ("pending", "starting", "running", "interrupted")  # trials a rerun picks up again
 MAX_FAILED_IN_A_ROW = 3  # like wandb agent, stop starting trials that all fail at once
@@ -170,18 +172,14 @@ class Runner:
 
     def launch(self, trial: dict[str, Any]) -> None:
         """Record the trial as starting (durably), then start it holding its lock, then
-        record its pid: a kill between any two steps leaves a state the next runner reads right."""
+        record its pid: a kill between any two steps leaves a state the next runner reads right.
+        A trial started again keeps its run id: ``hpplug run`` resumes its checkpoint, or
+        without one keeps the earlier attempt's files in ``attempts/<n>/`` of its record."""
         import psutil
 
         from hpplug import checkpoint
 
-        record = Path(trial["record"])
-        if trial["attempts"] and record.exists() and not checkpoint.has_checkpoint(record):
-            # Nothing to resume from: start again under the same id; keep the old attempt.
-            kept = record.with_name(f"{record.name}.attempt{trial['attempts']}")
-            while kept.exists():
-                kept = kept.with_name(kept.name + "+")
-            record.rename(kept)
+        resume = checkpoint.has_checkpoint(Path(trial["record"]))
         trial.update(status="starting", launched=time.time(), attempts=trial["attempts"] + 1, pid=None,
                      pid_started=None, stop_requested=False)
         self.save()
@@ -359,27 +357,11 @@ class Runner:
             self.finish(trial, None, interrupted=True)
         self.save()
 
-    def lock(self) -> Any:
-        """One runner per sweep folder: a second one would start the same trials."""
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.sweep_dir / "sweep.lock", "a+")
-        try:
-            import fcntl
-
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # no fcntl (Windows): no lock
-            pass
-        except OSError:
-            handle.close()
-            raise HpplugError(f"another hpplug sweep is running the sweep in {self.sweep_dir}; "
-                              "wait for it, or run more trials at once with --parallel") from None
-        return handle
-
     def run(self) -> int:
         """Run until done (or ``count`` new trials); returns the exit code: 0 done, 1 when
         trials keep failing, 128 + signal when interrupted (SIGINT, SIGTERM)."""
         self.load()  # a damaged state is refused before anything is written
-        lock = self.lock()
+        lock = lock_sweep(self.sweep_dir)
         try:
             self.load()  # again: now no other runner can change it
         except HpplugError:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hpplug.atomic import write_text_atomic
+from hpplug.atomic import write_atomic
 from hpplug.errors import HpplugError
 from hpplug.sweep_spec import shape_problems
 
@@ -40,7 +40,7 @@ def new_state(spec: Any, seed: str | None) -> dict[str, Any]:
 
 def write(path: Path, state: dict[str, Any]) -> None:
     state["updated"] = time.time()
-    write_text_atomic(path, json.dumps(state, indent=2) + "\n")
+    write_atomic(path, json.dumps(state, indent=2) + "\n")
 
 
 def read(path: Path, spec: Any) -> dict[str, Any] | None:

@@ -8,7 +8,6 @@ each holds a lock file for its whole life, so a later runner knows whether it st
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -16,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hpplug import record
 from hpplug.errors import HpplugError
 
 try:
@@ -24,35 +24,22 @@ except ImportError:  # Windows: no flock; a trial is then found by its recorded 
     fcntl = None  # type: ignore[assignment]
 
 
-def read_history(record: Path) -> list[dict[str, Any]]:
-    """The rows of a run's ``metrics.jsonl``. Read back as untrusted: a torn (half-written)
-    or damaged line, or one that is not a JSON object, is skipped."""
-    try:
-        text = (record / "metrics.jsonl").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+def read_history(record_dir: Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl``, read around damage (``record.read_jsonl``):
+    a torn last line, a damaged line or one that is not a JSON object is skipped."""
+    return record.read_jsonl(record_dir / record.METRICS, tolerant=True)[0]
 
 
-def read_summary(record: Path, since: float = 0.0) -> dict[str, Any]:
+def read_summary(record_dir: Path, since: float = 0.0) -> dict[str, Any]:
     """A run's ``summary.json`` if written at or after ``since`` (older ones are stale); {}
     when there is none, or it is empty, damaged or not a JSON object."""
-    path = record / "summary.json"
+    path = record_dir / record.SUMMARY
     try:
-        if path.stat().st_mtime + 1.0 >= since:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else {}
-    except (OSError, ValueError, RecursionError):
-        pass
-    return {}
+        if path.stat().st_mtime + 1.0 < since:
+            return {}
+    except OSError:
+        return {}
+    return record.read_json(path, tolerant=True) or {}
 
 
 def metric_value(name: str, summary: dict[str, Any], history: list[dict[str, Any]]) -> float | None:
@@ -109,7 +96,22 @@ def signal_trainers(pid: int, signum: int) -> int:
     return len(targets or [root])
 
 
-# --- a trial's lock: whether its process lives, whoever started it ------------------------
+# --- locks: one runner per sweep; whether a trial's process lives, whoever started it ------
+
+
+def lock_sweep(sweep_dir: Path) -> Any:
+    """The open, locked ``sweep.lock`` of a sweep folder (close it to unlock): a second
+    runner of the same sweep would start the same trials."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(sweep_dir / "sweep.lock", "a+")
+    if fcntl is not None:  # Windows: no lock
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise HpplugError(f"another hpplug sweep is running the sweep in {sweep_dir}; "
+                              "wait for it, or run more trials at once with --parallel") from None
+    return handle
 
 
 def start(argv: list[str], env: dict[str, str], log: Path, lock: Path) -> subprocess.Popen:

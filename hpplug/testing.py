@@ -29,7 +29,6 @@ Fixtures:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,8 +37,9 @@ import pytest
 
 def read_metrics(result: Any) -> list[dict[str, Any]]:
     """The metrics a run logged, in order, from its local record (``metrics.jsonl``)."""
-    lines = (Path(result.record_dir) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    from hpplug import record
+
+    return record.read_jsonl(Path(result.record_dir) / record.METRICS, "the run's record is damaged")[0]
 
 
 @pytest.fixture

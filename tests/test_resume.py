@@ -111,6 +111,30 @@ class CrashAt(Plugin):
             raise Crash()
 
 
+def crash_and_resume(hpplug_train, tmp_path: Path, options: dict, reorder: bool = False) -> tuple[Path, Path]:
+    """Train ``options`` straight through, and again crashed at update 35 (the checkpoint of
+    update 30 on disk), then resumed in-process (``reorder``: its plugins named in reverse
+    order). Returns the two record folders: the baseline and the resumed one."""
+    from hpplug import engine
+    from hpplug.cli import resumed_config
+
+    CrashAt.at = -1
+    baseline = Path(hpplug_train(output_dir=str(tmp_path / "a"), **options).record_dir)
+    CrashAt.at = 35
+    try:
+        with pytest.raises(Crash):
+            hpplug_train(output_dir=str(tmp_path / "b"), **options)
+    finally:
+        CrashAt.at = -1
+    (cut,) = (tmp_path / "b").iterdir()
+    config, entries = resumed_config(discovery.discover(), cut)
+    if reorder:
+        config.plugins.reverse()
+        entries.reverse()
+    engine.run(config, entries, resume_dir=cut, show_progress=False)
+    return baseline, cut
+
+
 def _every_plugin() -> list[str]:
     return sorted(n for n, e in discovery.discover().items() if e.cls is not None and e.distribution != "<in-process>")
 
@@ -120,18 +144,7 @@ def test_resume_is_exact_for_every_installed_plugin(plugin, hpplug_register, hpp
     """Cross-cutting: each plugin trained 2 epochs straight vs cut at update 35 and resumed."""
     hpplug_register("crash-at", CrashAt)
     options = dict(epochs=2, log_every=4, checkpoint_every="10", plugins=["crash-at", plugin])
-    CrashAt.at = -1
-    baseline = Path(hpplug_train(output_dir=str(tmp_path / "a"), **options).record_dir)
-    CrashAt.at = 35
-    with pytest.raises(Crash):
-        hpplug_train(output_dir=str(tmp_path / "b"), **options)
-    CrashAt.at = -1
-    (cut,) = (tmp_path / "b").iterdir()
-    from hpplug import engine
-    from hpplug.cli import resumed_config
-
-    config, entries = resumed_config(discovery.discover(), cut)
-    engine.run(config, entries, resume_dir=cut, show_progress=False)
+    baseline, cut = crash_and_resume(hpplug_train, tmp_path, options)
     assert_same_run(cut, baseline)
 
 
@@ -174,20 +187,7 @@ def test_each_plugin_gets_its_own_state_back_when_named_in_another_order(hpplug_
         hpplug_register(name, cls)
     options = dict(epochs=2, log_every=4, checkpoint_every="10", params={"mlp": {"hidden": 16}},
                    plugins=["crash-at", "keeper-a", "keeper-b"])
-    CrashAt.at = -1
-    baseline = Path(hpplug_train(output_dir=str(tmp_path / "a"), **options).record_dir)
-    CrashAt.at = 35
-    with pytest.raises(Crash):
-        hpplug_train(output_dir=str(tmp_path / "b"), **options)
-    CrashAt.at = -1
-    (cut,) = (tmp_path / "b").iterdir()
-    from hpplug import engine
-    from hpplug.cli import resumed_config
-
-    config, entries = resumed_config(discovery.discover(), cut)
-    config.plugins.reverse()
-    entries.reverse()
-    engine.run(config, entries, resume_dir=cut, show_progress=False)
+    baseline, cut = crash_and_resume(hpplug_train, tmp_path, options, reorder=True)
     assert_same_run(cut, baseline)
     last = rows(cut)[-1]
     assert (last["a/count"], last["b/count"]) == (46, 7 * 46)

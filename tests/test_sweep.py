@@ -237,15 +237,15 @@ def test_stale_environment_of_a_sweep_is_not_passed_on(tmp_path: Path, monkeypat
 
 def test_one_runner_per_sweep_folder(tmp_path: Path) -> None:
     from hpplug.errors import HpplugError
+    from hpplug.sweep_trials import lock_sweep
 
-    spec, _ = load(write_yaml(tmp_path / "l.yaml", method="grid", parameters={"lr": {"values": [0.1]}}))
-    held = Runner(spec, tmp_path / "sw").lock()
+    held = lock_sweep(tmp_path / "sw")
     try:
         with pytest.raises(HpplugError, match="another hpplug sweep is running"):
-            Runner(spec, tmp_path / "sw").lock()
+            lock_sweep(tmp_path / "sw")
     finally:
         held.close()
-    Runner(spec, tmp_path / "sw").lock().close()  # free again
+    lock_sweep(tmp_path / "sw").close()  # free again
 
 
 def test_a_trials_lock_tells_whether_it_runs(tmp_path: Path) -> None:

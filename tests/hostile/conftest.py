@@ -13,6 +13,7 @@ interpreter (environment variables read at import, signals, kills).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 
 
 @dataclass
@@ -37,6 +39,29 @@ class Outcome:
         assert len(lines) == 1, f"expected one line on stderr, got:\n{self.err}"
         assert lines[0].startswith("Error: "), lines[0]
         return lines[0]
+
+
+VOLATILE = {"time", "train/samples_per_s"}  # what differs between two runs of the same training
+
+
+def rows(folder: Path) -> list[dict]:
+    """A record's metrics.jsonl without the wall-clock values; fails on any line that is not JSON."""
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in lines]
+
+
+def assert_same_run(resumed: Path, baseline: Path) -> None:
+    """A resumed run ended exactly like the uninterrupted ``baseline``: the same rows, weights
+    and result, finished, with only ``checkpoint/`` left of its saves."""
+    from safetensors.torch import load_file
+
+    assert rows(resumed) == rows(baseline)
+    a, b = (load_file(p / "checkpoint" / "model.safetensors") for p in (resumed, baseline))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert summary["test/accuracy"] == json.loads((baseline / "summary.json").read_text())["test/accuracy"]
+    assert sorted(p.name for p in resumed.glob("checkpoint*")) == ["checkpoint"], "leftovers tidied up"
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hpplug import Plugin, discovery, hookimpl, statefile
 
+from .conftest import assert_same_run
+
 DRIVER = str(Path(__file__).parents[1] / "driver.py")
-VOLATILE = {"time", "train/samples_per_s"}
 ACCELERATE_FILES = ["random_states_0.pkl", "random_states_1.pkl", "custom_checkpoint_0.pkl",
                     "custom_checkpoint_1.pkl", "custom_checkpoint_2.pkl", "optimizer.bin", "pytorch_model.bin",
                     "scheduler.bin", "scaler.pt", "sampler.bin", "dl_state_dict.bin"]
@@ -287,18 +287,6 @@ def faults(action: str, out: Path) -> list[dict]:
 def only_record(folder: Path) -> Path:
     (record,) = [p for p in folder.iterdir() if p.is_dir()]
     return record
-
-
-def assert_same_run(resumed: Path, baseline: Path) -> None:
-    def rows(record: Path) -> list[dict]:
-        lines = (record / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in lines]
-
-    assert rows(resumed) == rows(baseline)
-    a, b = (load_file(r / "checkpoint" / "model.safetensors") for r in (resumed, baseline))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert json.loads((resumed / "summary.json").read_text())["status"] == "finished"
-    assert sorted(p.name for p in resumed.glob("checkpoint*")) == ["checkpoint"], "leftovers tidied up"
 
 
 def test_a_save_killed_at_any_step_resumes_exactly(tmp_path):

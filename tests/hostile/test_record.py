@@ -20,35 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from hpplug.errors import PluginError
-import torch
-from safetensors.torch import load_file
-
 from hpplug import Plugin, hookimpl, record
-from hpplug.errors import HpplugError
+from hpplug.errors import HpplugError, PluginError
 from hpplug.wandb_file import find_run_files, read_run
 
-from .conftest import snapshot
+from .conftest import assert_same_run, rows, snapshot
 
 DRIVER = str(Path(__file__).parents[1] / "driver.py")
-VOLATILE = {"time", "train/samples_per_s"}
 TINY = ["--epochs", "2", "--mlp.hidden", "32", "--log-every", "4", "--checkpoint-every", "10"]
 COMMON = ["run", "--plugin", "killer", "--plugin", "disk-full", *TINY, "--wandb-mode", "disabled"]
-
-
-def rows(folder: Path) -> list[dict]:
-    """metrics.jsonl without the wall-clock values; fails on any line that is not JSON."""
-    lines = (folder / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in lines]
-
-
-def assert_same_run(resumed: Path, baseline: Path) -> None:
-    assert rows(resumed) == rows(baseline)
-    a, b = (load_file(p / "checkpoint" / "model.safetensors") for p in (resumed, baseline))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    summary = json.loads((resumed / "summary.json").read_text())
-    assert summary["status"] == "finished"
-    assert summary["test/accuracy"] == json.loads((baseline / "summary.json").read_text())["test/accuracy"]
 
 
 def driver(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:

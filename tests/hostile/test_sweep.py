@@ -387,3 +387,32 @@ def test_runner_killed_before_the_start_and_while_recording_it(tmp_path: Path) -
     assert f"trial 1 {trial['id']}: starting again" in out.stdout
     (done,) = sweep.assert_each_ran_once()
     assert done["id"] == trial["id"]
+
+
+def test_trial_killed_before_its_first_checkpoint_starts_again_keeping_its_rows(tmp_path: Path) -> None:
+    """The runner and then its trial die before any checkpoint: the next runner starts the
+    trial again under the same id; the first attempt's rows stay in its record's
+    attempts/1/, and the record's own rows are the new attempt's, each epoch once."""
+    sweep = Sweep(tmp_path, [12])
+    out = sweep.run(kill="after-launch")
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    (trial,) = sweep.state()["trials"]
+    folder = sweep.dir / "runs" / trial["id"]
+    trainer = trial_process(trial["id"])
+    metrics, deadline = folder / "metrics.jsonl", time.monotonic() + 120
+    while not (metrics.exists() and b"test/accuracy" in metrics.read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until its first epoch is logged
+    os.killpg(trainer.pid, signal.SIGKILL)  # no checkpoint, no summary
+    trainer.wait(timeout=30)
+    earlier = (folder / "metrics.jsonl").read_bytes()
+    assert not (folder / "checkpoint").exists() and not (folder / "summary.json").exists()
+
+    out = sweep.run()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"trial 1 {trial['id']}: starting again (attempt 2)" in out.stdout
+    assert sweep.launched() == [trial["id"]] * 2 and os.listdir(sweep.dir / "runs") == [trial["id"]]
+    assert (folder / "attempts" / "1" / "metrics.jsonl").read_bytes() == earlier  # nothing lost
+    rows = [json.loads(r) for r in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "test/accuracy" in r] == list(range(1, 13))  # not mixed, not doubled
+    (done,) = sweep.state()["trials"]
+    assert done["status"] == "finished" and done["attempts"] == 2
