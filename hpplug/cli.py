@@ -96,6 +96,7 @@ def build_config(catalog: dict[str, Any], plugin_names: list[str], raw: dict[str
     the chosen entries (the ``--plugin`` ones in order, then the model's and the data set's)."""
     from hpplug import manager, selection
 
+    core = {key: _convert(key, value) for key, value in core.items()}  # also for Python callers
     entries = manager.resolve(catalog, plugin_names)
     raw = {name: dict(values) for name, values in raw.items()}
     chosen = []
@@ -120,6 +121,16 @@ def build_config(catalog: dict[str, Any], plugin_names: list[str], raw: dict[str
     return RunConfig(plugins=plugin_names, plugin_params=values, **core), entries
 
 
+def _convert(key: str, value: Any) -> Any:
+    """A core option's value through its one type (idempotent for values click converted)."""
+    if key not in OPTION_TYPES or value is None:
+        return value
+    try:
+        return OPTION_TYPES[key].convert(value, None, None)
+    except click.BadParameter as exc:
+        raise HpplugError(f"--{key.replace('_', '-')}: {exc.message}") from None
+
+
 def sweep_overrides(catalog: dict[str, Any]):
     """The merge of ``wandb.config`` into a config: in a sweep the sweep's values win."""
 
@@ -129,12 +140,15 @@ def sweep_overrides(catalog: dict[str, Any]):
         for key, value in values.items():
             if key in OPTION_TYPES and value is not None and value != core[key]:
                 try:
-                    core[key] = OPTION_TYPES[key].convert(value, None, None)
-                except click.BadParameter as exc:
-                    raise HpplugError(f"W&B config {key}={value!r}: {exc.message}") from None
+                    core[key] = _convert(key, value)
+                except HpplugError as exc:
+                    raise HpplugError(f"W&B config {key}={value!r}: {str(exc).partition(': ')[2]}") from None
         plugins = values.get("plugin", values.get("plugins", config.plugins))
         names = split_plugin_names((str(plugins),)) if not isinstance(plugins, list) else [str(p) for p in plugins]
-        raw = {name: dict(params) for name, params in config.plugin_params.items() if name in names}
+        from hpplug import selection
+
+        keep = set(names) | {selection.select(catalog, kind, str(core[kind]))[0].name for kind in ("model", "dataset")}
+        raw = {name: dict(params) for name, params in config.plugin_params.items() if name in keep}
         for key, value in values.items():
             if "." in key and key.split(".", 1)[0] in catalog:
                 plugin, param = key.split(".", 1)

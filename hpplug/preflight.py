@@ -76,9 +76,11 @@ def model_size(model_plugin: Any, input_shape: tuple[int, ...], num_classes: int
     try:
         with torch.device("meta"):
             model = model_plugin.build(tuple(input_shape), num_classes)
-    except HpplugError:
-        raise
-    except (RuntimeError, ValueError, TypeError, OverflowError) as exc:
+    except (HpplugError, RuntimeError, ValueError, TypeError, OverflowError) as exc:
+        if "meta" in str(exc):  # code that needs real values (Tensor.item()): checked when built for real
+            return 0, []
+        if isinstance(exc, HpplugError):
+            raise
         raise HpplugError(f"the model cannot be built that large ({one_line(exc, 120)}); lower its size "
                           f"parameters (see `hpplug plugins`)") from None
     if not isinstance(model, torch.nn.Module):

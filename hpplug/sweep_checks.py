@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from hpplug.sweep_spec import SweepSpec
 
 METHODS = ("grid", "random", "bayes")
-KNOWN_METRICS = {"test/accuracy": "maximize", "test/loss": "minimize", "train/loss": "minimize",
-                 "train/accuracy": "maximize", "best/test/accuracy": "maximize",
-                 "train/samples_per_s": "maximize"}
+KNOWN_METRICS = {"val/accuracy": "maximize", "val/loss": "minimize", "best/val/accuracy": "maximize",
+                 "test/accuracy": "maximize", "test/loss": "minimize", "train/loss": "minimize",
+                 "train/accuracy": "maximize", "train/samples_per_s": "maximize"}
 MAX_GRID_POINTS = 100_000  # W&B's grid code lists every point on every suggestion
 
 
@@ -287,6 +287,19 @@ def problems(spec: SweepSpec, catalog: dict[str, Any]) -> list[str]:
     return found
 
 
+def _component_choices(raw: dict[str, Any], kind: str) -> set[str]:
+    """The model (or data-set) plugins a sweep's trials can use: its ``model`` parameter's
+    values (``timm/resnet18`` counts as ``timm``), else the run's default."""
+    from hpplug.config import RunConfig
+
+    block = raw["parameters"].get(kind)
+    if isinstance(block, dict):
+        values = block.get("values") if isinstance(block.get("values"), list) else [block.get("value")]
+    else:
+        values = [getattr(RunConfig, kind)]
+    return {str(v).partition("/")[0] for v in values if v is not None}
+
+
 def _selection_problems(raw: dict[str, Any], catalog: dict[str, Any]) -> list[str]:
     """A plugin parameter whose plugin no trial selects."""
     command = raw.get("command")
@@ -298,6 +311,12 @@ def _selection_problems(raw: dict[str, Any], catalog: dict[str, Any]) -> list[st
     found = []
     for name in raw["parameters"]:
         plugin = name.partition(".")[0] if "." in name else None
+        kind = catalog[plugin].kind_name if plugin in catalog else None
+        if kind in ("model", "dataset"):
+            if plugin not in _component_choices(raw, kind):
+                found.append(f"parameters.{name}: {kind} {plugin!r} is never selected; set `{kind}` to it "
+                             f"(value: {plugin}, or values: [{plugin}, ...])")
+            continue
         if plugin and plugin in catalog and plugin not in fixed and (
                 choices is None or not any(plugin in c for c in choices)):
             found.append(f"parameters.{name}: plugin {plugin!r} is never selected; add it to the "
@@ -351,4 +370,7 @@ def warnings_for(spec: SweepSpec) -> list[str]:
                    "it must come from a plugin")
     elif goal != KNOWN_METRICS[name]:
         out.append(f"metric {name} with goal {goal or 'minimize (the default)'}; did you mean {KNOWN_METRICS[name]}?")
+    if name.startswith("test/"):
+        out.append(f"metric {name} picks settings on the test set, which is evaluated once, at the end, to "
+                   "measure the chosen setting; tune on val/accuracy or val/loss")
     return out

@@ -216,7 +216,8 @@ def test_a_good_plugin_trains_through_the_console_script(site: Path, tmp_path: P
     (record,) = tmp_path.iterdir()
     config = json.loads((record / "config.json").read_text())
     assert config["plugins"] == ["good"] and config["good.factor"] == 0.25
-    assert config["plugin_versions"] == {"good": "hpplug-good==1.0"}
+    assert config["plugin_versions"]["good"] == "hpplug-good==1.0"
+    assert set(config["plugin_versions"]) == {"good", "mlp", "digits"}  # the model and data set too
     lrs = [json.loads(line)["lr"] for line in (record / "metrics.jsonl").read_text().splitlines()]
     assert lrs and all(lr == pytest.approx(0.1 * 0.25) for lr in lrs)
 

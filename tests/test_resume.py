@@ -91,7 +91,7 @@ def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path):
     record = metrics.parent
     assert f"Resume with: hpplug run --resume {record}" in err
     summary = json.loads((record / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and 0 < summary["updates"] < 400 * 23
+    assert summary["status"] == "interrupted" and 0 < summary["updates"] < 400 * 21
     state = json.loads((record / "checkpoint" / "run.json").read_text())
     assert state["config"]["epochs"] == 400
     (run,) = [read_run(f) for f in find_run_files(tmp_path / "wandb")]
@@ -135,15 +135,20 @@ def crash_and_resume(hpplug_train, tmp_path: Path, options: dict, reorder: bool 
     return baseline, cut
 
 
-def _every_plugin() -> list[str]:
-    return sorted(n for n, e in discovery.discover().items() if e.cls is not None and e.distribution != "<in-process>")
+CATALOG = {n: e for n, e in discovery.discover().items() if e.cls is not None and e.distribution != "<in-process>"}
+# Data sets that need files, and the zoo models (minutes on this CPU), resume through the
+# same engine path as digits and mlp/cnn; they are trained in tests/test_byo.py.
+ELSEWHERE = {"mnist", "fashion-mnist", "cifar10", "imagefolder", "torchvision", "timm"}
 
 
-@pytest.mark.parametrize("plugin", _every_plugin())
+@pytest.mark.parametrize("plugin", sorted(set(CATALOG) - ELSEWHERE))
 def test_resume_is_exact_for_every_installed_plugin(plugin, hpplug_register, hpplug_train, tmp_path):
     """Cross-cutting: each plugin trained 2 epochs straight vs cut at update 35 and resumed."""
     hpplug_register("crash-at", CrashAt)
-    options = dict(epochs=2, log_every=4, checkpoint_every="10", plugins=["crash-at", plugin])
+    kind = CATALOG[plugin].kind_name
+    chosen = {kind: plugin} if kind in ("model", "dataset") else {}
+    options = dict(epochs=2, log_every=4, checkpoint_every="10",
+                   plugins=["crash-at"] + ([] if chosen else [plugin]), **chosen)
     baseline, cut = crash_and_resume(hpplug_train, tmp_path, options)
     assert_same_run(cut, baseline)
 
@@ -189,8 +194,8 @@ def test_each_plugin_gets_its_own_state_back_when_named_in_another_order(hpplug_
                    plugins=["crash-at", "keeper-a", "keeper-b"])
     baseline, cut = crash_and_resume(hpplug_train, tmp_path, options, reorder=True)
     assert_same_run(cut, baseline)
-    last = rows(cut)[-1]
-    assert (last["a/count"], last["b/count"]) == (46, 7 * 46)
+    last = [row for row in rows(cut) if "a/count" in row][-1]  # the last epoch's row
+    assert (last["a/count"], last["b/count"]) == (42, 7 * 42)
 
 
 def test_a_preempted_sweep_trial_rerun_with_its_run_id_resumes(tmp_path):
@@ -202,5 +207,6 @@ def test_a_preempted_sweep_trial_rerun_with_its_run_id_resumes(tmp_path):
     rerun = hpplug(*argv, env={"WANDB_RUN_ID": "trial123"})
     assert "run trial123 finished" in rerun.stdout
     steps = [row["step"] for row in rows(tmp_path / "trial123")]
-    assert steps[:23] == list(range(1, 24)), "every update logged once, the resumed ones included"
-    assert json.loads((tmp_path / "trial123" / "summary.json").read_text())["updates"] == 23
+    # every update logged once, the resumed ones included; then the epoch's row and the test's
+    assert steps == list(range(1, 22)) + [21, 21], "every update logged once, the resumed ones included"
+    assert json.loads((tmp_path / "trial123" / "summary.json").read_text())["updates"] == 21

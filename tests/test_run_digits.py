@@ -34,9 +34,9 @@ def test_local_record_holds_config_metrics_and_summary(digits_run):
     assert 0.5 < summary["test/accuracy"] <= 1.0
     assert summary["train/samples_per_s"] > 0
     lines = [json.loads(l) for l in (record / "metrics.jsonl").read_text().splitlines()]
-    epochs = [l for l in lines if "test/accuracy" in l]
+    epochs = [l for l in lines if "val/accuracy" in l]
     assert [l["epoch"] for l in epochs] == [1, 2, 3]
-    assert epochs[-1]["test/accuracy"] == summary["test/accuracy"]
+    assert epochs[-1]["val/accuracy"] == summary["val/accuracy"] and lines[-1]["test/accuracy"] == summary["test/accuracy"]
 
 
 def test_wandb_recorded_config_history_and_summary(digits_run):
@@ -47,7 +47,7 @@ def test_wandb_recorded_config_history_and_summary(digits_run):
     assert run.config["cosine.eta_min"] == 0.001
     assert run.config["plugin_versions"]["cosine"].startswith("hpplug-schedulers==")
     assert run.config["plugin_versions"]["dropout"].startswith("hpplug-regularizers==")
-    train_rows = [r for r in run.history if "train/loss" in r and "test/accuracy" not in r]
+    train_rows = [r for r in run.history if "lr" in r and "val/accuracy" not in r]
     assert len(train_rows) >= 5 and all(r["_step"] % 5 == 0 for r in train_rows)
     summary = json.loads((record / "summary.json").read_text())
     assert run.summary["test/accuracy"] == pytest.approx(summary["test/accuracy"])
@@ -58,6 +58,6 @@ def test_wandb_recorded_config_history_and_summary(digits_run):
 def test_logged_lr_follows_torch_cosine_per_epoch(digits_run):
     """Per-epoch cosine over the run's 3 epochs from 0.1 to eta_min 0.001."""
     _, run = digits_run
-    epoch_rows = sorted((r for r in run.history if "test/accuracy" in r), key=lambda r: r["_step"])
+    epoch_rows = sorted((r for r in run.history if "val/accuracy" in r), key=lambda r: r["_step"])
     expected = [0.001 + (0.1 - 0.001) * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
     assert [r["lr"] for r in epoch_rows] == pytest.approx(expected, rel=1e-9)

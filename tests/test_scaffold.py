@@ -70,7 +70,7 @@ def test_a_new_plugin_installs_passes_its_tests_and_trains(tmp_path: Path) -> No
     assert trained.returncode == 0, trained.stderr
     (record,) = runs.iterdir()
     config = json.loads((record / "config.json").read_text())
-    assert config["plugin_versions"] == {"my-thing": "hpplug-my-thing==0.1.0"}
+    assert config["plugin_versions"]["my-thing"] == "hpplug-my-thing==0.1.0"
     summary = json.loads((record / "summary.json").read_text())
     assert summary["status"] == "finished"
     assert 0.05 < summary["lr"] < 0.06  # the last update's LR: near final_factor * lr = 0.05

@@ -37,7 +37,7 @@ def _one_thread_per_trial(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def write_yaml(path: Path, **config: Any) -> Path:
-    config.setdefault("metric", {"name": "test/accuracy", "goal": "maximize"})
+    config.setdefault("metric", {"name": "val/accuracy", "goal": "maximize"})
     config.setdefault("command", COMMAND)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -62,7 +62,7 @@ def record(trial: dict[str, Any], name: str) -> Any:
 
 
 def epoch_rows(trial: dict[str, Any]) -> list[dict[str, Any]]:
-    return [row for row in record(trial, "metrics.jsonl") if "test/accuracy" in row]
+    return [row for row in record(trial, "metrics.jsonl") if "val/accuracy" in row]
 
 
 def test_grid_sweep_runs_offline_to_completion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,14 +92,14 @@ def test_grid_sweep_runs_offline_to_completion(tmp_path: Path, monkeypatch: pyte
             assert ("step.gamma" in config) == ("step" in plugins)  # the other plugin's values are not used
             assert config.get("cosine.eta_min", 0.001) == 0.001 and config.get("step.gamma", 0.5) == 0.5
         assert run.group == s["sweep_id"] and run.exit_code == 0
-        assert run.summary["test/accuracy"] == record(t, "summary.json")["test/accuracy"] == t["metric"]
+        assert run.summary["val/accuracy"] == record(t, "summary.json")["val/accuracy"] == t["metric"]
 
     # --parallel 2: trials ran at the same time
     assert any(a["launched"] < b["ended"] and b["launched"] < a["ended"]
                for a, b in itertools.combinations(trials, 2))
 
     # the best is picked right, and shown as a ready command line
-    best = max(trials, key=lambda t: record(t, "summary.json")["test/accuracy"])
+    best = max(trials, key=lambda t: record(t, "summary.json")["val/accuracy"])
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert summary["best"]["trial"] == best["id"] and summary["done"].startswith("grid exhausted")
     assert [t["metric"] for t in summary["trials"]] == sorted((t["metric"] for t in trials), reverse=True)
@@ -131,8 +131,8 @@ def test_bayes_feeds_results_back(tmp_path: Path, capsys: pytest.CaptureFixture[
     # the engine sees each trial's real result, read from its run record
     for t in trials:
         run = runner.sweep_run(t)
-        assert run.summary_metrics["test/accuracy"] == record(t, "summary.json")["test/accuracy"] == t["metric"]
-        assert run.metric_history("test/accuracy") == [r["test/accuracy"] for r in epoch_rows(t)]
+        assert run.summary_metrics["val/accuracy"] == record(t, "summary.json")["val/accuracy"] == t["metric"]
+        assert run.metric_history("val/accuracy") == [r["val/accuracy"] for r in epoch_rows(t)]
     # trial 3 is what the engine suggests from trials 1 and 2 with their results
     runner.state["trials"] = trials[:2]
     assert runner.suggest().config == trials[2]["config"]
@@ -144,9 +144,9 @@ def test_bayes_feeds_results_back(tmp_path: Path, capsys: pytest.CaptureFixture[
     suggestions = {real}
     for metrics in itertools.permutations([0.1, 0.5, 0.9]):
         for t, m in zip(trials, metrics):
-            summary = {**record(t, "summary.json"), "test/accuracy": m}
+            summary = {**record(t, "summary.json"), "val/accuracy": m}
             (Path(t["record"]) / "summary.json").write_text(json.dumps(summary))
-            rows = [{**r, "test/accuracy": m} if "test/accuracy" in r else r for r in record(t, "metrics.jsonl")]
+            rows = [{**r, "val/accuracy": m} if "val/accuracy" in r else r for r in record(t, "metrics.jsonl")]
             (Path(t["record"]) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         suggestions.add(runner.suggest().config["lr"]["value"])
     assert len(suggestions) >= 3
@@ -167,7 +167,7 @@ def test_hyperband_stops_a_bad_trial(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert summary["status"] == "stopped" and summary["epochs_done"] < 15 and bad["exit_code"] == 0
     assert f"trial 3 {bad['id']}: stopping early (hyperband)" in out
     assert "stopped early" in (tmp_path / "sw" / "logs" / f"{bad['id']}.log").read_text()
-    assert bad["metric"] == epoch_rows(bad)[-1]["test/accuracy"] < 0.5
+    assert bad["metric"] == epoch_rows(bad)[-1]["val/accuracy"] < 0.5
 
 
 def test_interrupted_sweep_resumes_without_running_a_trial_twice(
@@ -217,7 +217,7 @@ def test_interrupted_sweep_resumes_without_running_a_trial_twice(
 def test_metric_target_ends_the_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_yaml(tmp_path / "t.yaml", method="random", run_cap=5, parameters={
         "epochs": {"value": 1}, "wandb_mode": {"value": "disabled"}, "lr": {"values": [0.1, 0.2]}},
-        metric={"name": "test/accuracy", "goal": "maximize", "target": 0.01})
+        metric={"name": "val/accuracy", "goal": "maximize", "target": 0.01})
     assert run_sweep(path, tmp_path / "sw") == 0
     assert len(state(tmp_path / "sw")["trials"]) == 1
     assert "metric.target 0.01 reached by trial 1" in capsys.readouterr().out

@@ -115,7 +115,7 @@ def test_best_command_line_is_ready_to_run(tmp_path: Path, catalog: dict[str, An
     assert params["plugin"] == ("cosine,dropout",)
     assert (config.lr, config.epochs, config.dataset) == (0.05, 20, "mnist")
     assert config.plugin_params == {"cosine": {"t_max": None, "eta_min": 0.0001, "interval": "epoch"},
-                                    "dropout": {"p": 0.2}}
+                                    "dropout": {"p": 0.2}, "mlp": {"hidden": 500}, "mnist": {}}
 
 
 BAD = """

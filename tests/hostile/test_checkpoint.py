@@ -25,11 +25,12 @@ DRIVER = str(Path(__file__).parents[1] / "driver.py")
 ACCELERATE_FILES = ["random_states_0.pkl", "random_states_1.pkl", "custom_checkpoint_0.pkl",
                     "custom_checkpoint_1.pkl", "custom_checkpoint_2.pkl", "optimizer.bin", "pytorch_model.bin",
                     "scheduler.bin", "scaler.pt", "sampler.bin", "dl_state_dict.bin"]
-STATES = ["model", "optimizer", "loop", "rng.0", "plugin.crash-at", "plugin.keeper"]
+STATES = ["model", "optimizer", "loop", "rng.0", "plugin.crash-at", "plugin.keeper", "plugin.mlp", "plugin.digits"]
 FILES = ["manifest.json", "run.json"] + [f"{s}{x}" for s in STATES for x in (".json", ".safetensors")]
 WORDS = {"manifest": "the manifest", "run": "the run configuration", "model": "the model state",
          "optimizer": "the optimizer state", "loop": "the loop state", "rng.0": "the RNG state of process 0",
-         "plugin.crash-at": "the state of plugin crash-at", "plugin.keeper": "the state of plugin keeper"}
+         "plugin.crash-at": "the state of plugin crash-at", "plugin.keeper": "the state of plugin keeper",
+         "plugin.mlp": "the state of plugin mlp", "plugin.digits": "the state of plugin digits"}
 
 
 class Payload:
@@ -162,7 +163,7 @@ def test_the_checkpoint_holds_the_files_these_tests_cover(crashed):
     assert sorted(p.name for p in (crashed / "checkpoint").iterdir()) == sorted(FILES)
     assert not (crashed / "checkpoint.tmp").exists() and not (crashed / "checkpoint.old").exists()
     manifest = json.loads((crashed / "checkpoint" / "manifest.json").read_text())
-    assert manifest["update"] == 4 and manifest["plugins"] == ["crash-at", "keeper"]
+    assert manifest["update"] == 4 and manifest["plugins"] == ["crash-at", "keeper", "mlp", "digits"]
 
 
 @pytest.mark.parametrize("name", FILES)

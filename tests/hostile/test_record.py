@@ -255,7 +255,8 @@ def test_full_disk_while_logging_then_resume_is_exact(tmp_path, baseline):
     assert_same_run(folder, baseline)
     runs = [read_run(f) for f in find_run_files(tmp_path / "wandb")]
     steps = sorted(r["_step"] for run in runs for r in run.history)
-    assert sorted(r["step"] for r in rows(baseline)) == steps, "W&B has every step once"
+    # rows logged at one step (the last epoch's and the test's) are one row of W&B's history
+    assert sorted({r["step"] for r in rows(baseline)}) == steps, "W&B has every step once"
 
 
 def test_full_disk_at_the_summary_then_resume(tmp_path, baseline):

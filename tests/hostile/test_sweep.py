@@ -29,7 +29,7 @@ from hpplug.sweep_checks import problems
 from hpplug.sweep_runner import Runner
 from hpplug.sweep_spec import load
 
-HEAD = 'metric: {name: test/accuracy, goal: maximize}\ncommand: ["${env}", hpplug, run, "${args}"]\n'
+HEAD = 'metric: {name: val/accuracy, goal: maximize}\ncommand: ["${env}", hpplug, run, "${args}"]\n'
 GOOD = HEAD + "method: random\nparameters: {lr: {values: [0.1, 0.2]}}\n"
 
 
@@ -318,7 +318,7 @@ class Sweep:
         assert sorted(os.listdir(self.dir / "runs")) == sorted(ids)  # one record each, no stray attempt
         for t in trials:
             rows = [json.loads(r) for r in (self.dir / "runs" / t["id"] / "metrics.jsonl").read_text().splitlines()]
-            assert [r["epoch"] for r in rows if "test/accuracy" in r] == list(range(1, t["values"]["epochs"] + 1))
+            assert [r["epoch"] for r in rows if "val/accuracy" in r] == list(range(1, t["values"]["epochs"] + 1))
             assert t["status"] == "finished"
         assert sorted(t["values"]["epochs"] for t in trials) == sorted(self.grid)
         return trials
@@ -400,7 +400,7 @@ def test_trial_killed_before_its_first_checkpoint_starts_again_keeping_its_rows(
     folder = sweep.dir / "runs" / trial["id"]
     trainer = trial_process(trial["id"])
     metrics, deadline = folder / "metrics.jsonl", time.monotonic() + 120
-    while not (metrics.exists() and b"test/accuracy" in metrics.read_bytes()) and time.monotonic() < deadline:
+    while not (metrics.exists() and b"val/accuracy" in metrics.read_bytes()) and time.monotonic() < deadline:
         time.sleep(0.05)  # until its first epoch is logged
     os.killpg(trainer.pid, signal.SIGKILL)  # no checkpoint, no summary
     trainer.wait(timeout=30)
@@ -413,6 +413,6 @@ def test_trial_killed_before_its_first_checkpoint_starts_again_keeping_its_rows(
     assert sweep.launched() == [trial["id"]] * 2 and os.listdir(sweep.dir / "runs") == [trial["id"]]
     assert (folder / "attempts" / "1" / "metrics.jsonl").read_bytes() == earlier  # nothing lost
     rows = [json.loads(r) for r in (folder / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows if "test/accuracy" in r] == list(range(1, 13))  # not mixed, not doubled
+    assert [r["epoch"] for r in rows if "val/accuracy" in r] == list(range(1, 13))  # not mixed, not doubled
     (done,) = sweep.state()["trials"]
     assert done["status"] == "finished" and done["attempts"] == 2
