@@ -141,7 +141,7 @@ def installed_plugins() -> set[str]:
 def hpplug_command(root: Path, epochs: int, schedule: str, output_dir: Path, seed: int) -> list[str]:
     sched = (["--plugin", "step", "--step.step_size=30", "--step.gamma=0.1"] if schedule == "step"
              else ["--plugin", "cosine", "--cosine.t_max=100", "--cosine.eta_min=0.0001"])
-    return [hpplug_executable(), "run", "--dataset", "mnist", "--data-root", str(root),
+    return [hpplug_executable(), "run", "--dataset", "mnist", "--val-fraction", "0", "--data-root", str(root),
             "--epochs", str(epochs), *sched, "--plugin", "dropout", "--plugin", "crop",
             "--crop.padding=4", "--plugin", "flip", "--plugin", "normalize",
             "--wandb-mode", "disabled", "--output-dir", str(output_dir), "--seed", str(seed)]

@@ -111,6 +111,7 @@ IMAGE_RUN = ["run", "--dataset", "imagefolder", "--plugin", "crop", "--plugin", 
              "--batch-size", "16", "--log-every", "1", *QUIET]
 
 
+@pytest.mark.slow
 def test_image_folder_streamed_and_in_memory_train_alike(image_folder, tmp_path):
     """The same sample order, the same augmentation draws, the same losses, on both paths."""
     for loader in ("memory", "stream"):
@@ -126,6 +127,7 @@ def test_image_folder_streamed_and_in_memory_train_alike(image_folder, tmp_path)
     assert summary["test/samples"] == 24 and summary["val/samples"] == 7  # 10% of 72 held out
 
 
+@pytest.mark.slow
 def test_streaming_run_killed_mid_epoch_resumes_exactly(image_folder, tmp_path):
     args = [*IMAGE_RUN, "--data-root", str(image_folder), "--loader", "stream", "--workers", "1",
             "--plugin", "killer", "--checkpoint-every", "3"]
@@ -174,6 +176,7 @@ def write_cifar(root: Path, n_train: int = 48, n_test: int = 16) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["torchvision/resnet18", "timm/resnet18"])
 def test_zoo_models_train_on_cifar_format_files(hpplug_cli, tmp_path, model):
     root = write_cifar(tmp_path / "data")

@@ -96,6 +96,7 @@ def check_two_ranks_match_one(out: Path, single: Path) -> None:
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a), "same gradients: same weights"
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_like_one(single, tmp_path):
     prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
               "--master_port", str(free_port()), DRIVER]
@@ -105,6 +106,7 @@ def test_torchrun_two_processes_train_like_one(single, tmp_path):
     check_two_ranks_match_one(tmp_path, single)
 
 
+@pytest.mark.slow
 def test_accelerate_launch_two_processes_train_like_one(single, tmp_path):
     prefix = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -114,6 +116,7 @@ def test_accelerate_launch_two_processes_train_like_one(single, tmp_path):
     check_two_ranks_match_one(tmp_path, single)
 
 
+@pytest.mark.slow
 def test_processes_that_each_think_they_are_rank_0_are_refused(tmp_path):
     """``accelerate launch --multi_gpu`` without GPUs starts independent rank-0 runs."""
     if torch.cuda.is_available():

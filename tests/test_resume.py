@@ -50,6 +50,7 @@ COMMON = ["run", "--plugin", "killer", "--plugin", "cosine", "--plugin", "dropou
           "--epochs", "2", "--log-every", "4", "--checkpoint-every", "10", "--wandb-mode", "offline"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     base_dir, cut_dir = tmp_path / "baseline", tmp_path / "cut"
     hpplug(*COMMON, "--output-dir", str(base_dir))
@@ -75,6 +76,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert sorted(s for s, _ in steps) == sorted(base_steps)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path):
     proc = subprocess.Popen([sys.executable, DRIVER, "run", "--epochs", "400", "--wandb-mode", "offline",
                              "--output-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -198,6 +200,7 @@ def test_each_plugin_gets_its_own_state_back_when_named_in_another_order(hpplug_
     assert (last["a/count"], last["b/count"]) == (42, 7 * 42)
 
 
+@pytest.mark.slow
 def test_a_preempted_sweep_trial_rerun_with_its_run_id_resumes(tmp_path):
     """``wandb agent`` re-runs a preempted trial with the same argv and WANDB_RUN_ID."""
     argv = ["run", "--plugin", "killer", "--epochs", "1", "--log-every", "1", "--checkpoint-every", "10",

@@ -38,6 +38,7 @@ def test_names_follow_the_package_conventions() -> None:
     assert names_for("x2")["cls"] == "X2"
 
 
+@pytest.mark.slow
 def test_a_new_plugin_installs_passes_its_tests_and_trains(tmp_path: Path) -> None:
     made = subprocess.run([sys.executable, "-m", "hpplug", "new-plugin", "my-thing"],
                           cwd=tmp_path, capture_output=True, text=True)

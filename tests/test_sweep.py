@@ -65,6 +65,7 @@ def epoch_rows(trial: dict[str, Any]) -> list[dict[str, Any]]:
     return [row for row in record(trial, "metrics.jsonl") if "val/accuracy" in row]
 
 
+@pytest.mark.slow
 def test_grid_sweep_runs_offline_to_completion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     grid = {"plugin": [["step", "dropout"], ["cosine", "dropout"]], "lr": [0.03, 0.3]}
     path = write_yaml(tmp_path / "grid.yaml", method="grid", parameters={
@@ -114,6 +115,7 @@ def test_grid_sweep_runs_offline_to_completion(tmp_path: Path, monkeypatch: pyte
     assert len(state(sweep_dir)["trials"]) == 4
 
 
+@pytest.mark.slow
 def test_bayes_feeds_results_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_yaml(tmp_path / "bayes.yaml", method="bayes", run_cap=3, parameters={
         "epochs": {"value": 1}, "wandb_mode": {"value": "disabled"},
@@ -152,6 +154,7 @@ def test_bayes_feeds_results_back(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert len(suggestions) >= 3
 
 
+@pytest.mark.slow
 def test_hyperband_stops_a_bad_trial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_yaml(tmp_path / "hb.yaml", method="grid",
                       early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2}, parameters={
@@ -170,6 +173,7 @@ def test_hyperband_stops_a_bad_trial(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert bad["metric"] == epoch_rows(bad)[-1]["val/accuracy"] < 0.5
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_running_a_trial_twice(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Grid over epochs: trial 2 is the long one, interrupted while it trains.

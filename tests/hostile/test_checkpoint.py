@@ -290,6 +290,7 @@ def only_record(folder: Path) -> Path:
     return record
 
 
+@pytest.mark.slow
 def test_a_save_killed_at_any_step_resumes_exactly(tmp_path):
     cases = faults("kill", tmp_path)
     assert len(cases) >= 25, "every filesystem call of the save was a kill point"
@@ -305,6 +306,7 @@ def test_a_save_killed_at_any_step_resumes_exactly(tmp_path):
         assert_same_run(only_record(tmp_path / str(case["case"])), baseline)
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_save_fails_in_one_line_then_resumes_exactly(tmp_path):
     cases = faults("enospc", tmp_path)
     assert len(cases) >= 10, "every file of the save was written onto a full disk"
@@ -352,6 +354,7 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     return only_record(root / "baseline"), only_record(root / "cut")
 
 
+@pytest.mark.slow
 def test_two_processes_resume_exactly(two_processes, tmp_path):
     baseline, cut = two_processes
     record = tmp_path / cut.name

@@ -212,6 +212,7 @@ def test_run_id_in_use_by_a_live_process_is_refused(refused, sandbox, monkeypatc
         os.close(holder)
 
 
+@pytest.mark.slow
 def test_preempted_trial_rerun_before_its_first_checkpoint_starts_clean(tmp_path, baseline):
     """Killed at update 5 (first checkpoint at 10), re-run with the same WANDB_RUN_ID: the
     rows are the uninterrupted run's, once each; the first attempt is kept in attempts/1."""
@@ -238,6 +239,7 @@ def baseline(tmp_path_factory) -> Path:
     return out / "base1"
 
 
+@pytest.mark.slow
 def test_full_disk_while_logging_then_resume_is_exact(tmp_path, baseline):
     """The disk fills at update 12 (checkpoint at 10): one line, a torn metrics line left;
     once space is free, --resume ends exactly like the uninterrupted run, in W&B too."""
@@ -259,6 +261,7 @@ def test_full_disk_while_logging_then_resume_is_exact(tmp_path, baseline):
     assert sorted({r["step"] for r in rows(baseline)}) == steps, "W&B has every step once"
 
 
+@pytest.mark.slow
 def test_full_disk_at_the_summary_then_resume(tmp_path, baseline):
     full = driver(*COMMON, "--output-dir", str(tmp_path),
                   env={"WANDB_RUN_ID": "sum1", "HPPLUG_TEST_ENOSPC_DIR": str(tmp_path),

@@ -335,6 +335,7 @@ def trial_process(run_id: str) -> psutil.Process:
     raise AssertionError(f"no process runs trial {run_id}")
 
 
+@pytest.mark.slow
 def test_runner_killed_right_after_starting_a_trial(tmp_path: Path) -> None:
     sweep = Sweep(tmp_path, [1, 40])
     out = sweep.run(kill="after-launch")  # trial 1's process exists; its pid was never recorded
@@ -369,6 +370,7 @@ def test_runner_killed_right_after_starting_a_trial(tmp_path: Path) -> None:
     sweep.assert_each_ran_once()
 
 
+@pytest.mark.slow
 def test_runner_killed_before_the_start_and_while_recording_it(tmp_path: Path) -> None:
     sweep = Sweep(tmp_path, [2])
     out = sweep.run(kill="before-launch")  # recorded as starting; no process was started
@@ -389,6 +391,7 @@ def test_runner_killed_before_the_start_and_while_recording_it(tmp_path: Path) -
     assert done["id"] == trial["id"]
 
 
+@pytest.mark.slow
 def test_trial_killed_before_its_first_checkpoint_starts_again_keeping_its_rows(tmp_path: Path) -> None:
     """The runner and then its trial die before any checkpoint: the next runner starts the
     trial again under the same id; the first attempt's rows stay in its record's
