@@ -4,7 +4,7 @@
         [--plugins step,dropout,crop,flip,normalize]
 
 Builds a run exactly as ``hpplug run --dataset mnist`` does (same config, plugins, Accelerator,
-``engine.prepare``) and runs ``engine.train_epoch`` with timers wrapped around each part: every
+``engine.prepare``) and runs ``hpplug.loop.train_epoch`` with timers wrapped around each part: every
 plugin's hook implementation, the model's forward, the loss, Accelerate's ``backward`` and
 optimizer wrappers (with the plain torch calls inside them timed separately), logging. What
 is left is the engine's own per-update code (indexing, seeding, moving, metric sums). Then
@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from hpplug import discovery, engine, manager
-from hpplug.config import RunConfig
+from hpplug import loop as training
+from hpplug.cli import build_config
 from hpplug.console import EpochBar
 from hpplug.tracking import Tracker
 
@@ -46,7 +47,7 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def instrument(loop: engine.Loop) -> None:
+def instrument(loop: training.Loop) -> None:
     """Wrap every part of an update that can be reached from outside the engine."""
     for hook in ("hpplug_lr_factor", "hpplug_transform_batch", "hpplug_loss",
                  "hpplug_before_optimizer_step", "hpplug_after_optimizer_step"):
@@ -54,7 +55,7 @@ def instrument(loop: engine.Loop) -> None:
         for impl in caller.get_hookimpls():  # each plugin's implementation on its own
             impl.function = timed(f"  plugin {impl.plugin_name.split(':')[0]}.{hook[7:]}", impl.function)
         setattr(loop.hook, hook, timed(f"hook call {hook[7:]} (pluggy + plugins)", caller))
-    loop.data.images = timed("uint8 -> float /255 (data.images)", loop.data.images)  # type: ignore[method-assign]
+    loop.data.train.inputs = timed("uint8 -> float /255 (source.inputs)", loop.data.train.inputs)  # type: ignore[method-assign]
 
     def start_forward(*_: Any) -> None:
         start_forward.t = CLOCK()  # type: ignore[attr-defined]
@@ -74,23 +75,18 @@ def instrument(loop: engine.Loop) -> None:
     if inner is not None:
         inner.step = timed("  torch SGD.step", inner.step)  # type: ignore[method-assign]
     opt.zero_grad = timed("optimizer.zero_grad", opt.zero_grad)  # type: ignore[method-assign]
-    engine.set_lr = timed("set_lr (incl. lr_factor hook)", engine.set_lr)
-    for reduce in ("_mean", "_reduce_window"):  # the engine's name for it has changed before
-        if hasattr(engine, reduce):
-            setattr(engine, reduce, timed("log window reduce (.tolist sync)", getattr(engine, reduce)))
-    if hasattr(engine, "_check_stop"):
-        engine._check_stop = timed("stop check", engine._check_stop)
+    training.set_lr = timed("set_lr (incl. lr_factor hook)", training.set_lr)
+    training._mean = timed("log window reduce (.tolist sync)", training._mean)
+    training._check_stop = timed("stop check", training._check_stop)
     loop.tracker.log = timed("tracker.log (jsonl record)", loop.tracker.log)  # type: ignore[method-assign]
-    engine.train_update = timed("train_update (all of it)", engine.train_update)
+    training.train_update = timed("train_update (all of it)", training.train_update)
 
 
 def build(data_root: Path, plugins: list[str], raw: dict[str, dict[str, Any]], epochs: int,
-          out: Path) -> engine.Loop:
-    catalog = discovery.discover()
-    entries = manager.resolve(catalog, plugins)
-    config = RunConfig(plugins=plugins, plugin_params=manager.parse_values(entries, raw), dataset="mnist",
-                       data_root=str(data_root), epochs=epochs, seed=0, wandb_mode="disabled",
-                       output_dir=str(out))
+          out: Path) -> training.Loop:
+    config, entries = build_config(discovery.discover(), plugins, raw, {
+        "dataset": "mnist", "val_fraction": 0.0, "data_root": str(data_root), "epochs": epochs, "seed": 0,
+        "wandb_mode": "disabled", "output_dir": str(out)})
     accelerator = engine.make_accelerator(config, tracking=False)
     tracker = Tracker(accelerator, "disabled", "profile", out)
     tracker.start(config.project, {})
@@ -98,16 +94,16 @@ def build(data_root: Path, plugins: list[str], raw: dict[str, dict[str, Any]], e
     return engine.prepare(config, pm, instances, accelerator, tracker, download=False)
 
 
-def bare_loop(loop: engine.Loop, augment: bool) -> float:
+def bare_loop(loop: training.Loop, augment: bool) -> float:
     """Samples/s of the same model and SGD on the same tensors, with nothing around it."""
-    data, model, opt = loop.data, loop.model, loop.optimizer.optimizer
-    order = torch.randperm(len(data.train_y))
+    data, model, opt = loop.data.train, loop.model, loop.optimizer.optimizer
+    order = torch.randperm(len(data.y))
     g = torch.Generator().manual_seed(0)
     n = len(order) // 64
     start = CLOCK()
     for u in range(n):
         idx = order[u * 64:(u + 1) * 64]
-        x = data.train_x[idx].float().div_(255)
+        x = data.x[idx].float().div_(255)
         if augment:  # per-sample crop (pad 4) and flip by advanced indexing
             pad = F.pad(x, (4, 4, 4, 4))
             t, l_ = torch.randint(0, 9, (2, 64), generator=g)
@@ -116,7 +112,7 @@ def bare_loop(loop: engine.Loop, augment: bool) -> float:
             flip = torch.rand(64, generator=g) < 0.5
             cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
             x = pad[torch.arange(64)[:, None, None], 0, rows, cols].unsqueeze(1).sub_(0.5).div_(0.5)
-        loss = torch.nn.functional.cross_entropy(model(x), data.train_y[idx])
+        loss = torch.nn.functional.cross_entropy(model(x), data.y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -146,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.epochs):
             with EpochBar(loop.progress, enabled=False) as bar:
                 start = CLOCK()
-                engine.train_epoch(loop, bar)
+                training.train_epoch(loop, bar)
                 wall += CLOCK() - start
             loop.progress.epoch += 1
         updates = loop.progress.update
