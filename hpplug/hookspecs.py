@@ -90,7 +90,13 @@ def hpplug_after_optimizer_step(model: torch.nn.Module, progress: Progress) -> N
 
 @hookspec
 def hpplug_evaluation_end(metrics: dict[str, float], progress: Progress) -> None:
-    """After each evaluation on the test set, on every process, with the global metrics."""
+    """After each evaluation, on every process, with the global metrics (read-only).
+
+    Fires after each epoch's validation (``val/loss``, ``val/accuracy``, ``val/samples``
+    beside the epoch's ``train/*``), and once after the test set at the end of training
+    (``test/loss``, ``test/accuracy``, ``test/samples``). A run without a validation split
+    has no per-epoch evaluation.
+    """
 
 
 @hookspec
