@@ -160,10 +160,16 @@ def _part(filename: str) -> str:
             "manifest": "the manifest"}.get(stem, "a file")
 
 
+def state_stem(plugin: str) -> str:
+    """A plugin's state files' stem. ``MODULE:ATTR`` (your own model or data set) becomes
+    ``MODULE--ATTR``: no ':' in a file name, and plugin names never hold '--'."""
+    return "plugin." + plugin.replace(":", "--")
+
+
 def _parts(processes: int, plugins: list[str]) -> list[str]:
     """The states every checkpoint of a run with these processes and plugins holds."""
     return ["model", "optimizer", "loop", *(f"rng.{r}" for r in range(processes)),
-            *(f"plugin.{name}" for name in plugins)]
+            *(state_stem(name) for name in plugins)]
 
 
 def _manifest(folder: Path) -> Saved:
@@ -177,7 +183,7 @@ def _manifest(folder: Path) -> Saved:
         ok = (isinstance(m, dict) and m.get("format") == FORMAT and _count(m.get("sequence"))
               and isinstance(m.get("files"), dict) and _count(m.get("processes"))
               and 1 <= m["processes"] <= len(m["files"]) and isinstance(m.get("plugins"), list)
-              and all(isinstance(p, str) and _FILE_NAME.match(p) for p in m["plugins"])
+              and all(isinstance(p, str) and _FILE_NAME.match(state_stem(p)) for p in m["plugins"])
               and all(_FILE_NAME.match(k) and isinstance(v, dict) and _count(v.get("bytes"))
                       and isinstance(v.get("sha256"), str) for k, v in m["files"].items()))
     except FileNotFoundError:
@@ -264,7 +270,7 @@ def _write_parts(loop: Loop, staging: Path) -> None:
         statefile.write(staging, "scaler", acc.scaler.state_dict())
     for name, plugin in loop.plugins.items():
         try:
-            statefile.write(staging, f"plugin.{name}", plugin.state_dict())
+            statefile.write(staging, state_stem(name), plugin.state_dict())
         except TypeError as exc:
             raise HpplugError(f"plugin {name}: its state_dict() cannot be checkpointed: {exc}") from None
     write_durable(staging / RUN, (json.dumps({"config": loop.start_config}, indent=2) + "\n").encode())
@@ -340,7 +346,7 @@ def _load(loop: Loop, saved: Saved) -> None:
     if acc.scaler is not None:
         _apply(saved, "scaler", acc.scaler.load_state_dict)
     for name, plugin in plugins.items():
-        _apply(saved, f"plugin.{name}", plugin.load_state_dict)
+        _apply(saved, state_stem(name), plugin.load_state_dict)
     _apply(saved, f"rng.{acc.process_index}", runstate.set_rng)
 
 

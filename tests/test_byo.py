@@ -187,3 +187,18 @@ def test_zoo_models_train_on_cifar_format_files(hpplug_cli, tmp_path, model):
     assert summary["status"] == "finished" and summary["test/samples"] == 16
     config = json.loads(next((tmp_path / "runs").iterdir()).joinpath("config.json").read_text())
     assert config[f"{model.split('/')[0]}.arch"] == "resnet18"
+
+
+@pytest.mark.slow
+def test_own_code_run_killed_mid_epoch_resumes_exactly(user_folder):
+    """Plugin state is keyed by name, and MODULE:ATTR names one too (no ':' in its files)."""
+    args = ["run", "--model", "mycode:mlp", "--dataset", "mycode:wine_like", "--epochs", "3", "--log-every", "1",
+            "--plugin", "killer", "--checkpoint-every", "3", *QUIET]
+    env = {"PYTHONPATH": os.pathsep.join([str(user_folder), os.environ.get("PYTHONPATH", "")])}
+    base = driver(*args, "--output-dir", "base", env=env, cwd=user_folder)
+    assert base.returncode == 0, base.stderr[-3000:]
+    cut = driver(*args, "--output-dir", "cut", env={**env, "HPPLUG_TEST_KILL_AT": "8"}, cwd=user_folder)
+    assert cut.returncode == -signal.SIGKILL
+    resumed = driver("run", "--resume", "auto", "--output-dir", "cut", env=env, cwd=user_folder)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert metric_rows(user_folder / "cut") == metric_rows(user_folder / "base")
