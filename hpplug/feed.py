@@ -15,8 +15,6 @@ floats there, so augmentation plugins act on it after the transfer, on both path
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -26,7 +24,6 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from hpplug.components import Splits, TensorSplit
 from hpplug.errors import HpplugError
 
-LOADERS = ("auto", "memory", "stream")
 # A split is held in memory when it takes at most this share of the memory available.
 MEMORY_SHARE = 0.25
 VAL_SPLIT_SEED = 20_170_101  # fixed: every run and every process holds out the same samples
@@ -252,10 +249,6 @@ class RunData:
     @property
     def streamed(self) -> bool:
         return isinstance(self.train, Streamed)
-
-
-def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
 
 
 def _first_item(dataset: Dataset, name: str) -> torch.Tensor:
