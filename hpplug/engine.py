@@ -134,6 +134,17 @@ class RunResult:
     is_main: bool = True
 
 
+def _close_processes(accelerator: Accelerator) -> None:
+    """After a run that ended in step on every process: wait for all, then take the process
+    group down. A process that exits while another still holds the group open can abort in
+    gloo's threads ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if accelerator.num_processes > 1 and dist.is_initialized():
+        accelerator.wait_for_everyone()
+        dist.destroy_process_group()
+
+
 def _broadcast(accelerator: Accelerator, value: Any) -> Any:
     """Rank 0's value on every process (the run id, the sweep's config)."""
     if accelerator.num_processes == 1:
@@ -213,5 +224,6 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
         if status == "failed" and failure is not None:
             summary.update(summary_fields(failure))
         hint = tracker.finish(summary, status)
+    _close_processes(accelerator)
     return RunResult(run_id, status, summary, str(tracker.record_dir), hint, signum,
                      accelerator.is_main_process)
