@@ -104,7 +104,7 @@ def read(loader: DataLoader) -> Iterator[Any]:
         yield batch
 
 
-def loader(dataset: Dataset, name: str, workers: int, **options: Any) -> Iterator[Any]:
+def batches_of(dataset: Dataset, name: str, workers: int, **options: Any) -> Iterator[Any]:
     """A ``DataLoader`` over ``dataset``, read through :func:`read`. It draws its workers' seed
     from a generator of its own: from the global one it would shift the model's
     initialization and dropout masks, and the streamed run would differ from the in-memory one."""
@@ -207,7 +207,7 @@ class Streamed(Source):
 
     def labels(self) -> torch.Tensor:
         if self._targets is None:
-            batches = loader(self.dataset, self.name, self.workers, batch_size=512)
+            batches = batches_of(self.dataset, self.name, self.workers, batch_size=512)
             self._targets = torch.cat([y for _, y in batches]) if len(self.dataset) else torch.zeros(0, dtype=torch.int64)
         return self._targets
 
@@ -218,7 +218,7 @@ class Streamed(Source):
 
     def batches(self, chunks, device):
         full = [c for c in chunks if len(c)]
-        batches = loader(self.dataset, self.name, self.workers, batch_sampler=_Chunks(full),
+        batches = batches_of(self.dataset, self.name, self.workers, batch_sampler=_Chunks(full),
                          pin_memory=device.type == "cuda", prefetch_factor=4 if self.workers else None) \
             if full else iter(())
         for chunk in chunks:
@@ -272,7 +272,7 @@ def _available_bytes(device: torch.device) -> int:
 
 def _materialize(name: str, dataset: Dataset, workers: int) -> InMemory:
     """Read every item once (with workers) into one tensor."""
-    xs, ys = zip(*loader(dataset, name, workers, batch_size=256))
+    xs, ys = zip(*batches_of(dataset, name, workers, batch_size=256))
     shapes = {tuple(x.shape[1:]) for x in xs}
     if len(shapes) > 1:
         raise HpplugError(f"{name}: inputs of unequal shape ({', '.join(map(str, sorted(shapes)[:3]))}); "
