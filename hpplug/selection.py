@@ -101,6 +101,16 @@ def call_with(factory: Callable[..., Any], available: dict[str, Any]) -> Any:
     return factory(**{k: v for k, v in available.items() if k in params})
 
 
+def call_user(factory: Callable[..., Any], available: dict[str, Any], where: str) -> Any:
+    """Call the user's ``factory`` (:func:`call_with`); whatever it raises becomes one line."""
+    try:
+        return call_with(factory, available)
+    except HpplugError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code
+        raise HpplugError(f"{where} raised {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+
+
 def from_target(kind: str, spec: str) -> type:
     obj = import_target(spec, KINDS[kind])
     return model_class(spec, obj) if kind == "model" else dataset_class(spec, obj)
@@ -122,12 +132,8 @@ def model_class(label: str, factory: Any) -> type:
         def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
             if isinstance(factory, nn.Module):
                 return factory
-            try:
-                module = call_with(factory, {"num_classes": num_classes, "input_shape": tuple(input_shape)})
-            except HpplugError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the user's constructor
-                raise HpplugError(f"--model {label} raised {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+            module = call_user(factory, {"num_classes": num_classes, "input_shape": tuple(input_shape)},
+                               f"--model {label}")
             if not isinstance(module, nn.Module):
                 raise HpplugError(f"--model {label} returned a {type(module).__name__}, not a torch.nn.Module")
             return module
@@ -148,14 +154,7 @@ def dataset_class(label: str, factory: Any) -> type:
         __doc__ = f"The data set {label} (your code)."
 
         def load(self, root: Path, download: bool) -> Splits:
-            try:
-                result = call_with(factory, {"root": str(root)})
-            except HpplugError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the user's loader
-                raise HpplugError(f"--dataset {label} raised {type(exc).__name__}: "
-                                  f"{' '.join(str(exc).split())[:300]}") from None
-            return as_splits(result, f"--dataset {label}")
+            return as_splits(call_user(factory, {"root": str(root)}, f"--dataset {label}"), f"--dataset {label}")
 
     UserDataset.__qualname__ = UserDataset.__name__ = f"UserDataset[{label}]"
     return UserDataset
