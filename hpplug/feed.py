@@ -16,7 +16,7 @@ floats there, so augmentation plugins act on it after the transfer, on both path
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
