@@ -41,8 +41,10 @@ def resolve(catalog: dict[str, PluginEntry], names: list[str]) -> list[PluginEnt
     for name in names:
         entry = catalog.get(name)
         if entry is None:
-            available = ", ".join(sorted(n for n, e in catalog.items() if e.active))
-            raise HpplugError(f"unknown plugin {name!r}; installed plugins: {available or 'none'}")
+            available = ", ".join(sorted(n for n, e in catalog.items()
+                                         if e.active and e.kind_name not in ("model", "dataset")))
+            raise HpplugError(f"unknown plugin {name!r}; installed plugins: {available or 'none'} "
+                              "(models and data sets: --model, --dataset)")
         if entry.disabled:
             raise HpplugError(f"plugin {name!r} ({entry.distribution}) is not loaded because "
                               f"{DISABLE_AUTOLOAD_ENV} is set: unset it to use third-party plugins")

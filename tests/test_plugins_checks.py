@@ -119,7 +119,7 @@ def test_resolve_says_why_a_plugin_cannot_be_used() -> None:
         manager.resolve(catalog, ["off"])
     with pytest.raises(HpplugError, match=r"plugin 'bad' \(hpplug-bad 2.0\) cannot be used: import of"):
         manager.resolve(catalog, ["bad"])
-    with pytest.raises(HpplugError, match=r"unknown plugin 'nope'; installed plugins: ok$"):
+    with pytest.raises(HpplugError, match=r"unknown plugin 'nope'; installed plugins: ok \(models and data sets: --model, --dataset\)$"):
         manager.resolve(catalog, ["nope"])
     assert manager.resolve(catalog, ["ok"]) == [catalog["ok"]]
 
