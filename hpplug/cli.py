@@ -225,8 +225,7 @@ def report(result: Any) -> None:
     if result.sync_hint:
         click.echo(f"W&B run saved offline; upload it with: {result.sync_hint}")
     if result.status == "stopped":
-        click.echo(f"stopped early at update {result.summary.get('updates')} on request "
-                   "(SIGUSR1, e.g. a sweep's early termination)")
+        click.echo(f"stopped early at update {result.summary.get('updates')}: {result.summary.get('stop_reason')}")
     if result.status == "interrupted":
         click.echo(f"interrupted at update {result.summary.get('updates')}; checkpoint saved. "
                    f"Resume with: hpplug run --resume {result.record_dir}", err=True)

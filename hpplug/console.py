@@ -50,7 +50,7 @@ class EpochBar:
 
     def epoch_done(self, metrics: dict[str, Any]) -> None:
         if self.enabled:
-            line = f"epoch {self.progress.epoch}/{self.progress.epochs}  {format_metrics(metrics)}"
+            line = f"epoch {self.progress.epoch + 1}/{self.progress.epochs}  {format_metrics(metrics)}"
             (self.bar.write if self.bar is not None else print)(line, file=self.stream)
 
     def __exit__(self, *exc: Any) -> None:

@@ -45,6 +45,8 @@ HOOKS = {
     if name.startswith("hpplug_") and hasattr(spec, "hpplug_spec")
 }
 
+FIRST_RESULT = frozenset(name for name in HOOKS if getattr(hookspecs, name).hpplug_spec["firstresult"])
+
 # Plugins registered in-process (tests, notebooks) by ``register_local``: name -> class.
 _local: dict[str, type[Plugin]] = {}
 
@@ -226,15 +228,21 @@ def _check_params(cls: type[Plugin]) -> None:
             raise HpplugError(f"{cls.__name__}.params[{key!r}]: the default {param.default!r} is invalid: {exc}") from None
 
 
-def _implementations(cls: type) -> dict[str, str]:
-    """``{method name: hook name}`` for every method marked ``@hookimpl``."""
+def _implementations(cls: type, wrappers: bool = True) -> dict[str, str]:
+    """``{method name: hook name}`` for every method marked ``@hookimpl`` (without hook
+    wrappers when ``wrappers`` is False)."""
     parser = pluggy.PluginManager("hpplug")
     found = {}
     for attr in dir(cls):
         opts = parser.parse_hookimpl_opts(cls, attr)
-        if opts is not None:
+        if opts is not None and (wrappers or not (opts.get("wrapper") or opts.get("hookwrapper"))):
             found[attr] = opts.get("specname") or attr
     return found
+
+
+def first_result_hooks(cls: type) -> list[str]:
+    """The first-result hooks ``cls`` answers (hook wrappers aside: they compose by design)."""
+    return sorted(h for h in set(_implementations(cls, wrappers=False).values()) if h in FIRST_RESULT)
 
 
 def _check_hooks(cls: type[Plugin]) -> None:

@@ -17,12 +17,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from hpplug import checkpoint, feed, preflight
+from hpplug import checkpoint, feed, preflight, step
 from hpplug.components import Dataset, Model
 from hpplug.config import RunConfig
 from hpplug.console import EpochBar
 from hpplug.errors import HpplugError, summary_fields
-from hpplug.loop import Loop, LoopState, Stopped, _stepper, final_test, fit
+from hpplug.loop import Loop, LoopState, Stopped, final_test, fit
 from hpplug.plugin import Plugin, Progress
 from hpplug.tracking import Tracker
 
@@ -81,7 +81,7 @@ def prepare(config: RunConfig, pm: pluggy.PluginManager, plugins: dict[str, Plug
                 base_lrs=[g["lr"] for g in optimizer.param_groups],
                 batch_generator=torch.Generator(device=accelerator.device), start_config=start_config,
                 every=checkpoint.Every.parse(config.checkpoint_every))
-    loop.stepper = _stepper(loop)
+    loop.stepper = step.stepper(loop)
     return loop
 
 
@@ -166,6 +166,8 @@ def _summary(loop: Loop | None, final: dict[str, Any]) -> dict[str, Any]:
     if loop is not None:
         s = loop.state
         summary.update({"updates": s.progress.update, "epochs_done": s.progress.epoch})
+        if s.stop_reason:
+            summary["stop_reason"] = s.stop_reason
         if s.train_time > 0:
             summary.update({"train/samples_per_s": s.train_samples / s.train_time, "train/time_s": s.train_time})
         best = [m["val/accuracy"] for m in s.history if "val/accuracy" in m]
@@ -210,9 +212,11 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
         with checkpoint.StopRequests() as loop.stop:
             final = fit(loop, lambda p: EpochBar(p, config.global_batch_size, enabled=enabled))
             final = {**final, **final_test(loop)}
-        status = "finished"
+        status = "stopped" if loop.state.stop_reason else "finished"
     except Stopped as stop:
         status, signum = stop.reason, stop.signum
+        if stop.reason == "stopped":
+            loop.state.stop_reason = f"on request (signal {signum}, e.g. a sweep's early termination)"
         if stop.reason == "interrupted":
             loop.save_checkpoint()
     except KeyboardInterrupt:

@@ -29,9 +29,10 @@ RESERVED_PREFIXES = ("train/", "test/", "val/", "best/")
 GROUP_NUMBERS = frozenset({"lr", "weight_decay", "momentum", "dampening", "eps"})
 
 Check = Callable[[Any, dict[str, Any]], "str | None"]
-# Arguments a hook may read but not change: the engine's counters, and the config once set.
-READ_ONLY: dict[str, Callable[[Any], Any]] = {"progress": lambda p: dict(vars(p)), "config": lambda c: c.to_dict()}
-READ_ONLY_HINT = {"progress": " (the engine owns its counters)", "config": " (change it in hpplug_adjust_config)"}
+# Arguments a hook may read but not change: the config once set. (``progress`` is frozen and
+# ``metrics`` a read-only mapping: they refuse a change when it is tried.)
+READ_ONLY: dict[str, Callable[[Any], Any]] = {"config": lambda c: c.to_dict()}
+READ_ONLY_HINT = {"config": " (change it in hpplug_adjust_config)"}
 
 
 def guard(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
@@ -183,13 +184,20 @@ def _lr_factor(result: Any, args: dict[str, Any]) -> str | None:
 
 
 def _transform_batch(result: Any, args: dict[str, Any]) -> str | None:
-    x, y = args["batch"].x, args["batch"].y
+    batch = args["batch"]
+    x, y = batch.x, batch.y
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         return f"left batch.x = {_show(x)} and batch.y = {_show(y)}; both must be tensors"
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
         return f"left a batch of inputs {list(x.shape)} with labels {list(y.shape)}: one label per input"
     if not x.is_floating_point():
         return f"left batch.x as {x.dtype}; the model takes floating-point inputs"
+    if y.ndim == 2 and not (y.is_floating_point() and y.shape[1] == batch.num_classes):
+        return (f"left batch.y as {y.dtype} {list(y.shape)}: targets are class indices [{len(y)}] or class "
+                f"probabilities [{len(y)}, {batch.num_classes}] (floats); batch.soft_targets() gives the latter")
+    if y.ndim > 2 or (y.ndim == 1 and y.is_floating_point()):
+        return (f"left batch.y as {y.dtype} {list(y.shape)}: targets are class indices [{len(y)}] (integers) "
+                f"or class probabilities [{len(y)}, {batch.num_classes}] (floats)")
     return None
 
 
@@ -209,11 +217,19 @@ def _loss(result: Any, args: dict[str, Any]) -> str | None:
 
 
 def _epoch_end(result: Any, args: dict[str, Any]) -> str | None:
+    return _extra_metrics(result, args["metrics"])
+
+
+def _update_metrics(result: Any, args: dict[str, Any]) -> str | None:
+    return _extra_metrics(result, {})
+
+
+def _extra_metrics(result: Any, logged: Mapping[str, Any]) -> str | None:
+    """Metrics a plugin adds: its own names, number values."""
     if result is None:
         return None
     if not isinstance(result, Mapping):
         return f"returned {_show(result)}: return a dict of metric name -> number, or None"
-    logged = args["metrics"]
     for key, value in result.items():
         if not isinstance(key, str) or not key:
             return f"returned the metric name {key!r}: names are non-empty strings"
@@ -225,6 +241,18 @@ def _epoch_end(result: Any, args: dict[str, Any]) -> str | None:
     return None
 
 
+def _should_stop(result: Any, args: dict[str, Any]) -> str | None:
+    if result is None or (isinstance(result, str) and result.strip() and "\n" not in result):
+        return None
+    return f"returned {_show(result)}: return the reason to stop as one line of text, or None to go on"
+
+
+def _optimizer_step(result: Any, args: dict[str, Any]) -> str | None:
+    if result is None or result is True:
+        return None
+    return f"returned {_show(result)}: return True once the plugin has stepped, or None to leave the step to hpplug"
+
+
 CHECKS: dict[str, Check] = {
     "hpplug_adjust_config": _adjust_config,
     "hpplug_param_groups": _param_groups,
@@ -232,4 +260,7 @@ CHECKS: dict[str, Check] = {
     "hpplug_transform_batch": _transform_batch,
     "hpplug_loss": _loss,
     "hpplug_epoch_end": _epoch_end,
+    "hpplug_update_metrics": _update_metrics,
+    "hpplug_should_stop": _should_stop,
+    "hpplug_optimizer_step": _optimizer_step,
 }

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterator
@@ -29,6 +28,7 @@ from hpplug.config import RunConfig
 from hpplug.errors import HpplugError
 from hpplug.feed import RunData, Source
 from hpplug.plugin import Batch, Plugin, Progress
+from hpplug.step import labels, train_update
 from hpplug.tracking import Tracker
 
 class Stopped(Exception):
@@ -51,8 +51,9 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 class LoopState:
     """The loop's counters and running sums; checkpointed beside model and optimizer.
 
-    Sums are per process; at a checkpoint they are reduced onto the main process, which is
-    the only one whose copy is saved and restored.
+    ``progress`` is frozen: hooks get it as it is, and only the loop moves it on
+    (:meth:`count_update`, :meth:`count_epoch`). Sums are per process; at a checkpoint they
+    are reduced onto the main process, which is the only one whose copy is saved and restored.
     """
 
     progress: Progress
@@ -64,16 +65,25 @@ class LoopState:
     epoch_sums: torch.Tensor = None  # type: ignore[assignment]  # loss, correct, count
     window: torch.Tensor = None  # type: ignore[assignment]
     is_main: bool = True
+    stop_reason: str | None = None  # a plugin's (hpplug_should_stop): training ends after this epoch
+    trained: bool = False  # hpplug_train_end has run: only the test is left
 
     def __post_init__(self) -> None:
         self.epoch_sums = torch.zeros(3, device=self.device, dtype=torch.float64)
         self.window = torch.zeros(3, device=self.device, dtype=torch.float64)
 
+    def count_update(self) -> None:
+        self.progress = replace(self.progress, update=self.progress.update + 1)
+
+    def count_epoch(self) -> None:
+        self.progress = replace(self.progress, epoch=self.progress.epoch + 1)
+
     def state_dict(self) -> dict[str, Any]:
         p = self.progress
         return {"update": p.update, "epoch": p.epoch, "history": self.history, "train_time": self.train_time,
                 "train_samples": self.train_samples, "epoch_time": self.epoch_time,
-                "epoch_sums": self.epoch_sums.tolist(), "window": self.window.tolist()}
+                "epoch_sums": self.epoch_sums.tolist(), "window": self.window.tolist(),
+                "stop_reason": self.stop_reason, "trained": self.trained}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned; ``ValueError`` when ``state`` (read from
@@ -87,16 +97,18 @@ class LoopState:
                 and all(isinstance(state.get(k), list) and len(state[k]) == 3 and all(map(number, state[k]))
                         for k in ("epoch_sums", "window"))
                 and isinstance(state.get("history"), list)
-                and all(isinstance(m, dict) and number(m.get("train/loss")) for m in state["history"])):
+                and all(isinstance(m, dict) and number(m.get("train/loss")) for m in state["history"])
+                and isinstance(state.get("stop_reason"), (str, type(None))) and type(state.get("trained")) is bool):
             raise ValueError("it is not the loop's counters, sums and metrics")
         per_epoch, epochs = self.progress.updates_per_epoch, self.progress.epochs
         if not (per_epoch * state["epoch"] <= state["update"] <= per_epoch * (state["epoch"] + 1)
                 and len(state["history"]) == state["epoch"] <= epochs):
             raise ValueError(f"update {state['update']} of epoch {state['epoch']} does not fit "
                              f"{per_epoch} updates per epoch and {epochs} epochs")
-        self.progress.update, self.progress.epoch = state["update"], state["epoch"]
+        self.progress = replace(self.progress, update=state["update"], epoch=state["epoch"])
         self.history, self.train_time = state["history"], state["train_time"]
         self.train_samples, self.epoch_time = state["train_samples"], state["epoch_time"]
+        self.stop_reason, self.trained = state["stop_reason"], state["trained"]
         if self.is_main:
             self.epoch_sums.copy_(torch.tensor(state["epoch_sums"], dtype=torch.float64))
             self.window.copy_(torch.tensor(state["window"], dtype=torch.float64))
@@ -105,15 +117,15 @@ class LoopState:
 
 @dataclass
 class Loop:
-    """Everything one run needs while it trains; built by :func:`prepare`."""
+    """Everything one run needs while it trains; built by :func:`hpplug.engine.prepare`."""
 
     config: RunConfig
     accelerator: Accelerator
     hook: pluggy.HookRelay
     plugins: dict[str, Plugin]  # by name, in hook order: --plugin ones, the model, the data set
     data: RunData
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    model: torch.nn.Module  # as Accelerate prepared it (DistributedDataParallel on several processes)
+    optimizer: torch.optim.Optimizer  # Accelerate's wrapper
     tracker: Tracker
     state: LoopState
     base_lrs: list[float]
@@ -121,11 +133,20 @@ class Loop:
     start_config: dict[str, Any]
     every: checkpoint.Every | None = None
     stop: checkpoint.StopRequests | None = None
-    stepper: torch.optim.Optimizer | None = None  # see _stepper
+    stepper: torch.optim.Optimizer | None = None  # see hpplug.step.stepper
 
     @property
     def progress(self) -> Progress:
         return self.state.progress
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The model itself, as hooks get it: never a DistributedDataParallel wrapper."""
+        return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def torch_optimizer(self) -> torch.optim.Optimizer:
+        return getattr(self.optimizer, "optimizer", self.optimizer)
 
     def save_checkpoint(self) -> Path:
         acc, s = self.accelerator, self.state
@@ -153,22 +174,6 @@ def set_lr(loop: Loop) -> float:
 def _local(indices: torch.Tensor, acc: Accelerator) -> torch.Tensor:
     """This process's contiguous share of a global (micro-)batch."""
     return indices.tensor_split(acc.num_processes)[acc.process_index] if acc.num_processes > 1 else indices
-
-
-
-def _stepper(loop: Loop) -> torch.optim.Optimizer:
-    """The optimizer to step: torch's own when Accelerate's wrapper would add nothing.
-
-    The wrapper matters for a gradient scaler (fp16), XLA and DeepSpeed; otherwise its
-    per-call package and signature checks cost ~8% of an update of a small model.
-    """
-    from accelerate.utils import DistributedType
-
-    plain = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
-    acc = loop.accelerator
-    if acc.scaler is None and acc.distributed_type in plain:
-        return loop.optimizer.optimizer
-    return loop.optimizer
 
 
 
@@ -209,69 +214,58 @@ def micro_batches(loop: Loop, order: torch.Tensor, first: int) -> list[torch.Ten
     return chunks
 
 
-def train_update(loop: Loop, feed: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], size: int) -> None:
-    """One optimizer update over the next ``grad_accum`` micro-batches of ``feed`` (``size``
-    samples over all processes).
-
-    The loss is scaled so that the gradient is the mean over all of the update's samples
-    however they are split between processes and micro-batches: 1, 2 or N processes train alike.
-    """
-    c, acc, sums, train = loop.config, loop.accelerator, loop.state.window, loop.data.train
-    # Per-update seed: augmentation draws are a pure function of (seed, rank, update).
-    loop.batch_generator.manual_seed(c.seed * 1_000_003 + loop.progress.update * 131 + acc.process_index)
-    scale = acc.num_processes / size
-    for i in range(c.grad_accum):
-        x, y, index = next(feed)
-        batch = Batch(train.inputs(x), y, True, loop.batch_generator, index=index)
-        loop.hook.hpplug_transform_batch(batch=batch, progress=loop.progress)
-        x, y = batch.x.to(acc.device, non_blocking=True), batch.y.to(acc.device, non_blocking=True)
-        last = i == c.grad_accum - 1
-        with acc.no_sync(loop.model) if not last and acc.num_processes > 1 else nullcontext():
-            logits = loop.model(x)
-            losses = loop.hook.hpplug_loss(logits=logits, targets=y)
-            if losses is None:
-                losses = F.cross_entropy(logits, y, reduction="none")
-            acc.backward(losses.sum() * scale)
-        with torch.no_grad():
-            sums[0] += losses.detach().sum().float()
-            sums[1] += (logits.argmax(1) == y).sum()
-            sums[2] += len(y)
-    loop.hook.hpplug_before_optimizer_step(model=loop.model, progress=loop.progress)
-    loop.stepper.step()
-    loop.stepper.zero_grad(set_to_none=True)
-    loop.progress.update += 1
-    loop.hook.hpplug_after_optimizer_step(model=loop.model, progress=loop.progress)
-
-
 def _with_index(source: Source, chunks: list[torch.Tensor], device: torch.device):
     """``(x, y, index)`` per chunk: the batch, and its samples' positions in the data set."""
     for chunk, (x, y) in zip(chunks, source.batches(chunks, device)):
         yield x, y, source.index[chunk.to(source.index.device)]
 
 
-def evaluate(loop: Loop, source: Source, prefix: str) -> dict[str, float]:
-    """Loss and accuracy over a whole split, each sample counted once across processes."""
-    acc = loop.accelerator
-    loop.model.eval()
+def evaluate(loop: Loop, source: Source, split: str, metrics: dict[str, float]) -> dict[str, float]:
+    """Loss and accuracy over a whole split, each sample counted once across processes,
+    added to ``metrics`` as ``<split>/loss``, ``<split>/accuracy``, ``<split>/samples``.
+
+    Plugins see the evaluation start and end (``ema`` swaps its weights in and out).
+    """
+    acc, model = loop.accelerator, loop.model
+    model.eval()
+    loop.hook.hpplug_evaluation_start(model=loop.module, split=split, progress=loop.progress)
     share = _local(torch.arange(len(source)), acc)
     sums = torch.zeros(3, device=acc.device, dtype=torch.float64)
     with torch.no_grad():
-        chunks = list(share.split(loop.config.eval_batch_size))
-        for x, y, index in _with_index(source, chunks, acc.device):
-            batch = Batch(source.inputs(x), y, False, None, index=index)
-            loop.hook.hpplug_transform_batch(batch=batch, progress=loop.progress)
-            x, y = batch.x.to(acc.device), batch.y.to(acc.device)
-            logits = loop.model(x)
+        for x, y in _eval_batches(loop, source, share):
+            logits = model(x)
             sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
-            sums[1] += (logits.argmax(1) == y).sum()
+            sums[1] += (logits.argmax(1) == labels(y)).sum()
             sums[2] += len(y)
     loss, correct, count = acc.reduce(sums, reduction="sum").tolist()
-    loop.model.train()
-    return {f"{prefix}/loss": loss / count, f"{prefix}/accuracy": correct / count, f"{prefix}/samples": int(count)}
+    metrics.update({f"{split}/loss": loss / count, f"{split}/accuracy": correct / count, f"{split}/samples": int(count)})
+    # Read-only views: the metrics a sweep optimizes are the engine's (extras: hpplug.guard).
+    loop.hook.hpplug_evaluation_end(metrics=MappingProxyType(metrics), model=loop.module, split=split,
+                                    progress=loop.progress)
+    model.train()
+    return metrics
+
+
+def _eval_batches(loop: Loop, source: Source, share: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(x, y)`` of ``share`` of ``source`` on the device, after the evaluation transforms."""
+    device = loop.accelerator.device
+    for x, y, index in _with_index(source, list(share.split(loop.config.eval_batch_size)), device):
+        batch = Batch(source.inputs(x), y, False, None, index=index, num_classes=loop.data.num_classes)
+        loop.hook.hpplug_transform_batch(batch=batch, progress=loop.progress)
+        yield batch.x.to(device), batch.y.to(device)
+
+
+def train_inputs(loop: Loop) -> Iterator[torch.Tensor]:
+    """Every training input, after the evaluation transforms, the same on every process
+    (for ``hpplug_train_end``: batch-norm statistics must agree between processes)."""
+    with torch.no_grad():
+        for x, _ in _eval_batches(loop, loop.data.train, torch.arange(len(loop.data.train))):
+            yield x
 
 
 def train_epoch(loop: Loop, bar: Any) -> dict[str, float]:
-    c, p, s = loop.config, loop.progress, loop.state
+    c, s = loop.config, loop.state
+    p = loop.progress  # at the epoch's start; the counters move on in loop.progress
     n = len(loop.data.train)
     order = epoch_order(n, c.seed, p.epoch)
     per_update = c.global_batch_size
@@ -285,13 +279,17 @@ def train_epoch(loop: Loop, bar: Any) -> dict[str, float]:
             lr = set_lr(loop)
             train_update(loop, feed, min(per_update, n - u * per_update))
             bar.update(1)
-            if p.update % c.log_every == 0:
+            update = loop.progress.update
+            if update % c.log_every == 0:
                 s.epoch_sums += s.window
                 loss, _ = _mean(loop, s.window)
                 s.window.zero_()
-                loop.tracker.log({"train/loss": loss, "lr": lr, "epoch": p.epoch_fraction}, step=p.update)
+                logged = {"train/loss": loss, "lr": lr, "epoch": loop.progress.epoch_fraction}
+                for extra in loop.hook.hpplug_update_metrics(progress=loop.progress):
+                    logged.update(extra)
+                loop.tracker.log(logged, step=update)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}")
-            if loop.every and loop.every.unit == "updates" and p.update % loop.every.n == 0:
+            if loop.every and loop.every.unit == "updates" and update % loop.every.n == 0:
                 s.epoch_time += time.perf_counter() - start
                 loop.save_checkpoint()  # not counted as training time
                 start = time.perf_counter()
@@ -309,27 +307,47 @@ def train_epoch(loop: Loop, bar: Any) -> dict[str, float]:
     return {"train/loss": loss, "train/accuracy": accuracy, "train/samples_per_s": samples / elapsed, "lr": lr}
 
 
+def _stop_reason(loop: Loop, metrics: dict[str, float]) -> str | None:
+    """The plugins' reasons to stop after this epoch, agreed by every process."""
+    reasons = loop.hook.hpplug_should_stop(metrics=MappingProxyType(metrics), progress=loop.progress)
+    reason = "; ".join(reasons) or None
+    if loop.accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        reason = next((r for r in gather_object([reason]) if r), None)
+    return reason
+
+
 def fit(loop: Loop, bar_factory: Callable[..., Any]) -> dict[str, float]:
-    """Train for the remaining epochs, validating after each; returns the last epoch's metrics."""
-    p = loop.progress
+    """Train for the remaining epochs, validating after each, until the last epoch or a
+    plugin's stop; then end training. Returns the last epoch's metrics."""
+    s, every = loop.state, loop.every
+    metrics: dict[str, float] = s.history[-1] if s.history else {}
+    if s.trained:  # resumed after training had ended: only the test is left
+        return metrics
     loop.model.train()
-    metrics: dict[str, float] = loop.state.history[-1] if loop.state.history else {}
-    while p.epoch < loop.config.epochs:
-        with bar_factory(p) as bar:
+    loop.hook.hpplug_train_start(model=loop.module, progress=loop.progress, config=loop.config)
+    while s.stop_reason is None and loop.progress.epoch < loop.config.epochs:
+        loop.hook.hpplug_epoch_start(progress=loop.progress)
+        with bar_factory(loop.progress) as bar:
             metrics = train_epoch(loop, bar)
             if loop.data.val is not None:
-                metrics.update(evaluate(loop, loop.data.val, "val"))
-                # Read-only views: the metrics a sweep optimizes are the engine's (extras: hpplug.guard).
-                loop.hook.hpplug_evaluation_end(metrics=MappingProxyType(metrics), progress=p)
-            p.epoch += 1
-            for extra in loop.hook.hpplug_epoch_end(metrics=MappingProxyType(metrics), progress=p):
+                evaluate(loop, loop.data.val, "val", metrics)
+            s.count_epoch()
+            for extra in loop.hook.hpplug_epoch_end(metrics=MappingProxyType(metrics), progress=loop.progress):
                 metrics.update(extra)
-            metrics["epoch"] = p.epoch
+            metrics["epoch"] = loop.progress.epoch
             bar.epoch_done(metrics)
-        loop.state.history.append(metrics)
-        loop.tracker.log(metrics, step=p.update)
-        if loop.every and (loop.every.unit == "updates" or p.epoch % loop.every.n == 0 or p.epoch == p.epochs):
+        s.history.append(metrics)
+        loop.tracker.log(metrics, step=loop.progress.update)
+        s.stop_reason = _stop_reason(loop, metrics)
+        last = s.stop_reason is not None or loop.progress.epoch == loop.config.epochs
+        if every and not last and (every.unit == "updates" or loop.progress.epoch % every.n == 0):
             loop.save_checkpoint()
+    loop.hook.hpplug_train_end(model=loop.module, progress=loop.progress, train_inputs=lambda: train_inputs(loop))
+    s.trained = True
+    if every:
+        loop.save_checkpoint()
     return metrics
 
 
@@ -337,7 +355,6 @@ def final_test(loop: Loop) -> dict[str, float]:
     """The test split, once, after training: what the run reports, never what it tunes on."""
     if loop.data.test is None:
         return {}
-    metrics = evaluate(loop, loop.data.test, "test")
-    loop.hook.hpplug_evaluation_end(metrics=MappingProxyType(metrics), progress=loop.progress)
+    metrics = evaluate(loop, loop.data.test, "test", {})
     loop.tracker.log(metrics, step=loop.progress.update)
     return metrics

@@ -15,7 +15,7 @@ import pluggy
 
 from hpplug import hookspecs
 from hpplug.discovery import (BUILTIN_DISTRIBUTIONS, DISABLE_AUTOLOAD_ENV, GROUP, HOOKS, LOCAL_DISTRIBUTION,
-                              NAME_PATTERN, PluginEntry, check_class, discover, register_local,
+                              NAME_PATTERN, PluginEntry, check_class, discover, first_result_hooks, register_local,
                               third_party_disabled, unregister_local)
 from hpplug.errors import HpplugError
 from hpplug.guard import guard, run_guarded
@@ -61,18 +61,23 @@ def resolve(catalog: dict[str, PluginEntry], names: list[str]) -> list[PluginEnt
 
 
 def check_slots(entries: list[PluginEntry]) -> None:
-    """Two plugins in one slot are an error unless all but one declare they compose."""
-    by_slot: dict[str, list[PluginEntry]] = {}
+    """Two plugins in one slot, or answering one first-result hook (where only one answer
+    would count, silently), are an error unless all but one declare they compose."""
+    claims: dict[str, list[PluginEntry]] = {}
     for entry in entries:
-        if entry.cls is not None and entry.cls.slot:
-            by_slot.setdefault(entry.cls.slot, []).append(entry)
-    for slot, claimants in by_slot.items():
+        if entry.cls is None:
+            continue
+        if entry.cls.slot:
+            claims.setdefault(f"the {entry.cls.slot} slot", []).append(entry)
+        for hook in first_result_hooks(entry.cls):
+            claims.setdefault(hook, []).append(entry)
+    for what, claimants in claims.items():
         exclusive = [e.name for e in claimants if not e.cls.composable]
         if len(exclusive) > 1:
-            raise HpplugError(
-                f"plugins {', '.join(exclusive)} all claim the {slot} slot and do not compose: "
-                "choose one of them"
-            )
+            kind = f"all implement {what}, where the first result wins," if what.startswith("hpplug_") else \
+                f"all claim {what}"
+            raise HpplugError(f"plugins {', '.join(exclusive)} {kind} and do not compose: choose one of them "
+                              "(a plugin that composes declares composable = True)")
 
 
 def build(entries: list[PluginEntry],
@@ -83,6 +88,7 @@ def build(entries: list[PluginEntry],
     Every hook implementation is guarded (:mod:`hpplug.guard`): whatever a plugin raises or
     wrongly returns, at any call site, becomes a PluginError naming the plugin and the hook.
     """
+    check_slots(entries)  # the model's and the data set's hooks too
     pm = new_plugin_manager()
     plugins = [run_guarded(functools.partial(entry.cls, **values.get(entry.name, {})), (), entry.name, "__init__")
                for entry in entries]

@@ -112,9 +112,10 @@ def _parse_tuple(raw: Any) -> tuple[float, ...]:
         raise ValueError(f"{raw!r} is not a list of numbers such as 0.5,0.25") from None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Progress:
-    """Where training stands; the LR and augmentation hooks read it.
+    """Where training stands; hooks read it, and only the engine moves it on (it is frozen:
+    a plugin cannot change the run's counters by accident).
 
     ``update`` counts optimizer updates already taken (0 before the first), so the LR for
     the next update is a pure function of this object: resume-safe and independent of the
@@ -140,7 +141,9 @@ class Progress:
 class Batch:
     """One batch on the device; transform hooks replace ``x`` (and may replace ``y``).
 
-    ``index`` holds the samples' positions in the data set (train or test split).
+    ``y`` holds class indices ``[n]``, or class probabilities ``[n, num_classes]`` once a
+    method mixes samples (mixup, cutmix). ``index`` holds the samples' positions in the
+    data set split.
     """
 
     x: torch.Tensor
@@ -149,6 +152,13 @@ class Batch:
     generator: torch.Generator | None = None
     index: torch.Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    num_classes: int = 0
+
+    def soft_targets(self) -> torch.Tensor:
+        """``y`` as class probabilities ``[n, num_classes]`` (float), whichever form it is in."""
+        if self.y.ndim == 2:
+            return self.y
+        return torch.nn.functional.one_hot(self.y.long(), self.num_classes).float()
 
 
 class Plugin:

@@ -104,3 +104,11 @@ def test_the_worked_example_runs_as_printed(hpplug_register, hpplug_train, monke
     result = hpplug_train(["noise"], params={"noise": {"std": 0.3}})
     assert result.status == "finished" and result.summary["epoch"] == 1
     assert read_metrics(result)[-1]["test/accuracy"] == result.summary["test/accuracy"]
+
+
+def test_the_hook_reference_is_generated_from_the_hookspec_docstrings() -> None:
+    """One source: docs/plugins.md's reference is the hookspecs' docstrings, rendered."""
+    from hpplug import hookdocs
+
+    assert hookdocs.spliced(TEXT) == TEXT, "docs/plugins.md is out of date: run python -m hpplug.hookdocs"
+    assert all(f"### `{name}`" in TEXT for name in HOOKSPECS)
