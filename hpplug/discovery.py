@@ -30,7 +30,7 @@ from hpplug.plugin import Param, Plugin
 GROUP = "hpplug"
 BUILTIN_DISTRIBUTIONS = frozenset(
     {"hpplug-schedulers", "hpplug-regularizers", "hpplug-augment", "hpplug-batch", "hpplug-models",
-     "hpplug-datasets"}
+     "hpplug-datasets", "hpplug-methods"}
 )
 DISABLE_AUTOLOAD_ENV = "HPPLUG_DISABLE_PLUGIN_AUTOLOAD"
 LOCAL_DISTRIBUTION = "<in-process>"
