@@ -35,7 +35,7 @@ def render() -> str:
     parts = ["Every hook hpplug calls, in the order a run fires them:\n", "```text\n" + hookspecs.ORDER + "```\n"]
     for name, function in hookspec_functions().items():
         summary, _, body = (inspect.getdoc(function) or "").partition("\n\n")
-        marker = "  (first result wins)" if function.hpplug_spec["firstresult"] else ""  # type: ignore[attr-defined]
+        marker = "  # first result wins" if function.hpplug_spec["firstresult"] else ""  # type: ignore[attr-defined]
         parts.append(f"### `{name}`\n\n```python\n{signature(name, function)}{marker}\n```\n\n{summary}\n\n{body}\n")
     return "\n".join(parts)
 
