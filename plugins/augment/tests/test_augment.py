@@ -158,4 +158,9 @@ def test_normalize_runs_after_crop_and_flip_whatever_the_order() -> None:
 
 def test_entry_points() -> None:
     eps = {e.name: e for e in metadata.entry_points(group="hpplug") if e.dist and e.dist.name == "hpplug-augment"}
-    assert {n: e.load() for n, e in eps.items()} == {"crop": Crop, "flip": Flip, "normalize": Normalize}
+    from hpplug_augment.cutmix import CutMix
+    from hpplug_augment.cutout import Cutout
+    from hpplug_augment.mixup import Mixup
+
+    assert {n: e.load() for n, e in eps.items()} == {"crop": Crop, "flip": Flip, "normalize": Normalize,
+                                                     "mixup": Mixup, "cutmix": CutMix, "cutout": Cutout}
