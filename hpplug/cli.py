@@ -196,7 +196,7 @@ def resumed_config(catalog: dict[str, Any], record_dir) -> tuple[RunConfig, list
 
     state = record.classify(record_dir)
     if state == "finished":
-        raise HpplugError(f"run {record_dir.name} already finished; nothing to resume")
+        raise HpplugError(f"run {record_dir.name} already ended ({record.status(record_dir)}); nothing to resume")
     if state != "resumable":
         raise HpplugError(f"{record_dir} is not a run record with a checkpoint to resume from; runs write "
                           "one with --checkpoint-every, or when interrupted")

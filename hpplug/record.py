@@ -163,6 +163,9 @@ def keep_aside(record_dir: Path) -> Path | None:
     return target
 
 
+ENDED = ("finished", "stopped")  # statuses of runs that are over: never resumed, never restarted
+
+
 def status(record_dir: Path) -> str | None:
     """The status in a run's summary.json; None while it runs or after a kill (no summary,
     or an empty one that a write cut short left: the checkpoint then decides)."""
@@ -171,8 +174,9 @@ def status(record_dir: Path) -> str | None:
 
 
 def classify(record_dir: Path) -> str | None:
-    """What a run id's folder holds: None (nothing yet), ``"finished"``, ``"resumable"``
-    (a checkpoint, not finished) or ``"restartable"`` (an attempt that ended before its
+    """What a run id's folder holds: None (nothing yet), ``"finished"`` (ended for good: its
+    status is finished, or stopped early by a plugin or a sweep), ``"resumable"`` (a checkpoint,
+    not ended) or ``"restartable"`` (an attempt that ended before its
     first checkpoint). A folder that is not a run record, or damage, is an ``HpplugError``."""
     from hpplug import checkpoint
 
@@ -185,7 +189,7 @@ def classify(record_dir: Path) -> str | None:
     if not any(_is_record_file(name) for name in names):
         raise HpplugError(f"{record_dir} is not a run record (no {CONFIG}, {METRICS} or {checkpoint.CHECKPOINT}/); "
                           "use another run id or --output-dir")
-    if status(record_dir) == "finished":
+    if status(record_dir) in ENDED:
         return "finished"
     if not checkpoint.has_checkpoint(record_dir):
         return "restartable"
@@ -198,7 +202,7 @@ def classify(record_dir: Path) -> str | None:
 def check_new(record_dir: Path, state: str | None) -> None:
     """Refuse to start a new run where a finished or resumable one already is."""
     if state == "finished":
-        raise HpplugError(f"run {record_dir.name} already finished (record {record_dir}); use another run id "
+        raise HpplugError(f"run {record_dir.name} already ended ({status(record_dir)}; record {record_dir}); use another run id "
                           "(unset WANDB_RUN_ID for a new one)")
     if state == "resumable":
         raise HpplugError(f"run {record_dir.name} already has a record with a checkpoint ({record_dir}); "

@@ -114,7 +114,7 @@ def test_resume_of_something_that_is_not_a_run_record(target, refused, sandbox):
 
 
 def test_resume_of_a_finished_run(refused, sandbox):
-    assert "already finished" in refused("run", "--resume", str(sandbox.earlier)).line
+    assert "already ended (finished)" in refused("run", "--resume", str(sandbox.earlier)).line
 
 
 def test_resume_of_a_record_without_checkpoint(refused, sandbox):
@@ -173,7 +173,7 @@ def test_resume_auto_with_nothing_to_resume(refused):
 def test_run_id_of_a_finished_run_is_refused(refused, sandbox, monkeypatch):
     monkeypatch.setenv("WANDB_RUN_ID", sandbox.earlier.name)
     line = refused("run", "--epochs", "1", "--wandb-mode", "disabled", "--output-dir", "runs").line
-    assert "already finished" in line and "another run id" in line
+    assert "already ended (finished" in line and "another run id" in line
 
 
 @pytest.mark.parametrize("kind", ["file", "user-folder", "link"])

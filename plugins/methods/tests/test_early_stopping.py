@@ -103,19 +103,18 @@ def test_a_crash_in_a_patience_window_resumes_and_stops_at_the_same_epoch(script
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
-def test_resuming_a_run_that_stopped_trains_no_further(scripted, hpplug_train, hpplug_cli, tmp_path):
-    """``hpplug run --resume`` on a stopped run's record: training is over, only the test is run
-    again, and the run stays stopped for the same reason."""
+def test_a_run_that_stopped_has_ended_and_is_not_resumed(scripted, hpplug_train, hpplug_cli, tmp_path):
+    """A stopped run is over, like a finished one: ``--resume`` on it is refused in one line
+    and leaves the record as it was; ``--resume auto`` does not pick it."""
     result = hpplug_train(**scripted([0.9, 0.8, 0.7, 0.6, 0.5]), checkpoint_every="1epoch",
                           params={**TINY, "early-stopping": {"metric": "scripted/score", "patience": 2}})
     record = Path(result.record_dir)
-    before = read_metrics(result)
+    before = {p.name: p.read_bytes() for p in record.iterdir() if p.is_file()}
     code, out, err = hpplug_cli("run", "--resume", str(record))
-    assert code == 0, err
-    assert f"run {record.name} stopped" in out
-    assert "stopped early at update 18: scripted/score did not improve for 2 epochs (best 0.9000 at epoch 1)" in out
-    after = read_metrics(result)
-    assert [row for row in after if "train/loss" in row] == [row for row in before if "train/loss" in row]
+    assert code == 2 and err.strip() == f"Error: run {record.name} already ended (stopped); nothing to resume"
+    code, out, err = hpplug_cli("run", "--resume", "auto", "--output-dir", str(record.parent))
+    assert code == 2 and "no unfinished run with a checkpoint" in err
+    assert {p.name: p.read_bytes() for p in record.iterdir() if p.is_file()} == before
     summary = json.loads((record / "summary.json").read_text())
     assert (summary["status"], summary["epochs_done"], summary["updates"]) == ("stopped", 3, 18)
 
