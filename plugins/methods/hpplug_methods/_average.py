@@ -36,7 +36,7 @@ class WeightAverage(Plugin):
     device: a resume loads plugin state before that, so the loaded average waits there.
     """
 
-    kind = "method"
+    kind = "weight-average"
     # Two averages would swap their weights in over each other's and restore the wrong ones.
     slot = "weight-average"
     label: ClassVar[str] = "weight-average"

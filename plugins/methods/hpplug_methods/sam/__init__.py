@@ -10,11 +10,9 @@ nothing of SAM's own: the perturbation is computed from the gradients every proc
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from hpplug import HpplugError, Param, Plugin, RunConfig, hookimpl
+from hpplug import HpplugError, Param, Plugin, RunConfig, Step, hookimpl
 
 # Guards the division by the gradient norm when every gradient is zero (as the reference
 # implementation does): the perturbation is then zero, and the update a plain one.
@@ -51,9 +49,7 @@ class SAM(Plugin):
                               "loss scaler has not yet unscaled): use --mixed-precision bf16 or no")
 
     @hookimpl
-    def hpplug_optimizer_step(self, step: Any) -> bool:
-        """``step`` is the hook's ``Step`` (``model``, ``optimizer``, ``step()``, ``zero_grad()``,
-        ``recompute()``); hpplug does not export its class by name."""
+    def hpplug_optimizer_step(self, step: Step) -> bool:
         params = [p for group in step.optimizer.param_groups for p in group["params"] if p.grad is not None]
         with torch.no_grad():
             origin = [p.detach().clone() for p in params]
