@@ -211,19 +211,12 @@ def resumed_config(catalog: dict[str, Any], record_dir) -> tuple[RunConfig, list
 
 
 def report(result: Any) -> None:
-    """The run's last lines (main process only); an interrupted run exits 128 + the signal's number."""
+    """What to do next, after the closing lines the run printed (hpplug.tracking.closing_line;
+    main process only); an interrupted run exits 128 + the signal's number."""
     if not result.is_main:
         if result.status == "interrupted":
             sys.exit(128 + (result.signum or 2))
         return
-    shown = [f"{key} {result.summary[key]:.4f}" for key in ("val/accuracy", "test/accuracy")
-             if isinstance(result.summary.get(key), float)]
-    if result.status == "finished" and "test/accuracy" not in result.summary:
-        shown.append("no test split: the validation result is the run's result")
-    click.echo(f"run {result.run_id} {result.status}: {', '.join(shown + [''])}"
-               f"{result.summary.get('train/samples_per_s', 0):,.0f} samples/s; record in {result.record_dir}")
-    if result.sync_hint:
-        click.echo(f"W&B run saved offline; upload it with: {result.sync_hint}")
     if result.status == "stopped":
         click.echo(f"stopped early at update {result.summary.get('updates')}: {result.summary.get('stop_reason')}")
     if result.status == "interrupted":

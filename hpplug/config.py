@@ -7,14 +7,18 @@ same type, so a value refused in one is refused in all.
 
 from __future__ import annotations
 
+import ast
 import math
 import numbers
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import click
+
+from hpplug.errors import HpplugError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LOADERS = ("auto", "memory", "stream")
@@ -26,6 +30,7 @@ SEED_MAX = 2**32 - 1  # numpy's seed (accelerate's set_seed seeds numpy too)
 # W&B refuses these in a project name, and names longer than this (wandb_settings.validate_project).
 WANDB_FORBIDDEN = "/\\#?%:"
 WANDB_NAME_MAX = 128
+WANDB_TAG_MAX = 64  # W&B's limit on one tag (wandb_settings.validate_run_tags)
 
 
 class Number(click.FloatRange):
@@ -62,24 +67,54 @@ class Count(click.IntRange):
 
 class WandbName(click.ParamType):
     """A name W&B accepts: its own rules (no ``/ \\ # ? % :``, at most 128 characters), not
-    empty and printable, checked before any run starts instead of failing inside ``wandb.init``."""
+    empty and printable, checked before any run starts instead of failing inside ``wandb.init``.
+    A run's display name and group take any printable text (``forbidden=""``)."""
 
     name = "text"
 
+    def __init__(self, forbidden: str = WANDB_FORBIDDEN, limit: int | None = WANDB_NAME_MAX,
+                 what: str = "name") -> None:
+        self.forbidden, self.limit, self.what = forbidden, limit, what
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value)
-        found = sorted(set(WANDB_FORBIDDEN) & set(text))
+        found = sorted(set(self.forbidden) & set(text))
         if not text.strip():
-            self.fail("a W&B name must not be empty", param, ctx)
+            self.fail(f"a W&B {self.what} must not be empty", param, ctx)
         elif found:
-            self.fail(f"{text!r}: W&B names cannot contain {' '.join(found)} "
-                      f"(forbidden: {' '.join(WANDB_FORBIDDEN)})", param, ctx)
-        elif len(text) > WANDB_NAME_MAX:
-            self.fail(f"{text[:40]!r}... is {len(text)} characters; W&B allows at most {WANDB_NAME_MAX}",
+            self.fail(f"{text!r}: W&B {self.what}s cannot contain {' '.join(found)} "
+                      f"(forbidden: {' '.join(self.forbidden)})", param, ctx)
+        elif self.limit is not None and len(text) > self.limit:
+            self.fail(f"{text[:40]!r}... is {len(text)} characters; W&B allows at most {self.limit}",
                       param, ctx)
         elif not text.isprintable():
             self.fail(f"{text!r} holds control characters; use printable characters", param, ctx)
         return text
+
+
+class Tags(click.ParamType):
+    """W&B tags, kept as one comma-separated text (``a,b``): what ``--tags`` and ``WANDB_TAGS``
+    take, and what a record's config holds. Also takes a list (a YAML or W&B config) and the
+    form ``wandb agent`` writes (``['a', 'b']``). Each tag is 1 to 64 printable characters."""
+
+    name = "tags"
+    one = WandbName(forbidden=",", limit=WANDB_TAG_MAX, what="tag")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if isinstance(value, str) and value.strip().startswith("["):
+            try:
+                value = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                self.fail(f"{value!r} is not a list such as ['a', 'b']", param, ctx)
+        items = [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value).split(",")
+        if items == [""]:  # --tags "": no tags, whatever WANDB_TAGS says
+            return ""
+        return ",".join(self.one.convert(item.strip(), param, ctx) for item in items)
+
+
+def tag_list(tags: str | None) -> list[str]:
+    """The tags of a config's ``tags`` text, for W&B."""
+    return tags.split(",") if tags else []
 
 
 class Folder(click.ParamType):
@@ -115,7 +150,8 @@ class Folder(click.ParamType):
 
 @dataclass
 class RunConfig:
-    """Every hyperparameter of a run; the defaults reproduce the seed article."""
+    """Every option of a run: its hyperparameters and its settings (``SETTINGS``); the
+    defaults reproduce the seed article."""
 
     plugins: list[str] = field(default_factory=list)
     plugin_params: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -132,13 +168,18 @@ class RunConfig:
     mixed_precision: str = "no"
     grad_accum: int = 1
     wandb_mode: str | None = None
-    project: str = "hpplug"
+    project: str | None = None  # None: WANDB_PROJECT, else DEFAULT_PROJECT (with_environment)
     output_dir: str = "runs"
     log_every: int = 50
     checkpoint_every: str | None = None
     eval_batch_size: int = 1000
     loader: str = "auto"
     workers: int = 2
+    entity: str | None = None
+    name: str | None = None
+    tags: str | None = None  # comma-separated (Tags)
+    group: str | None = None
+    notes: str | None = None
     # Filled in by the engine before ``hpplug_adjust_config`` fires.
     num_processes: int = 1
 
@@ -182,7 +223,7 @@ OPTIONS: list[tuple[str, click.ParamType, str]] = [
     ("mixed_precision", click.Choice(PRECISIONS), "Autocast precision; fp16 needs a CUDA GPU."),
     ("grad_accum", Count(1), "Micro-batches per optimizer update."),
     ("wandb_mode", click.Choice(WANDB_MODES), "W&B mode [default: online with credentials, else offline]."),
-    ("project", WandbName(), "W&B project."),
+    ("project", WandbName(), "W&B project [default: WANDB_PROJECT, else hpplug]."),
     ("output_dir", Folder(writable=True), "Where run records (and offline W&B runs) are written."),
     ("log_every", Count(1), "Log train loss and LR every N updates."),
     ("checkpoint_every", click.STRING, "Checkpoint every N updates (200, 200updates) or epochs (1epoch)."),
@@ -190,5 +231,38 @@ OPTIONS: list[tuple[str, click.ParamType, str]] = [
     ("loader", click.Choice(LOADERS), "Hold the data in memory (fast) or stream it through a DataLoader; auto: "
                                       "memory when it fits in a quarter of the free memory."),
     ("workers", Count(0, 64), "DataLoader worker processes when streaming (and reading a data set once)."),
+    ("entity", WandbName(), "W&B entity (user or team) [default: WANDB_ENTITY, else W&B's default]."),
+    ("name", WandbName(forbidden="", limit=None), "W&B run name [default: WANDB_NAME, else W&B picks one]."),
+    ("tags", Tags(), "W&B tags, comma-separated (a,b) [default: WANDB_TAGS]."),
+    ("group", WandbName(forbidden="", limit=None, what="group"),
+     "W&B group of runs [default: WANDB_RUN_GROUP; a sweep's trials: the sweep id]."),
+    ("notes", click.STRING, "W&B notes: a description of the run [default: WANDB_NOTES]."),
 ]
 OPTION_TYPES = {name: ctype for name, ctype, _ in OPTIONS}
+
+# Where and how a run is done, not what it trains: recorded with the run, never tuned as
+# hyperparameters. W&B shows them apart, under "settings" (hpplug.tracking.wandb_view);
+# they keep their flat names everywhere else (the command line, a sweep, config.json).
+SETTINGS = ("data_root", "output_dir", "log_every", "checkpoint_every", "eval_batch_size", "loader", "workers",
+            "wandb_mode", "project", "entity", "name", "tags", "group", "notes")
+
+# The W&B variable each option that names a run falls back to, as wandb.init reads them:
+# the command line wins over the variable, the variable over the default.
+WANDB_VARIABLES = {"project": "WANDB_PROJECT", "entity": "WANDB_ENTITY", "name": "WANDB_NAME",
+                   "tags": "WANDB_TAGS", "group": "WANDB_RUN_GROUP", "notes": "WANDB_NOTES"}
+DEFAULT_PROJECT = "hpplug"
+
+
+def with_environment(config: RunConfig, environ: Mapping[str, str]) -> RunConfig:
+    """Fill the W&B options not given from W&B's variables (checked with the option's own
+    type), and the project's default. Done once per run, so its record holds what it used."""
+    for key, variable in WANDB_VARIABLES.items():
+        if getattr(config, key) is None and environ.get(variable):
+            try:
+                setattr(config, key, OPTION_TYPES[key].convert(environ[variable], None, None))
+            except click.BadParameter as exc:
+                raise HpplugError(f"environment variable {variable}={environ[variable][:80]!r}: {exc.message}; "
+                                  f"correct or unset it (or give --{key})") from None
+    if config.project is None:
+        config.project = DEFAULT_PROJECT
+    return config

@@ -155,8 +155,19 @@ def _broadcast(accelerator: Accelerator, value: Any) -> Any:
 
 
 def wandb_config(config: RunConfig, entries: list[Any]) -> dict[str, Any]:
-    """The W&B config: every hyperparameter, and each plugin's distribution and version."""
+    """What a run records as its configuration (``config.json``, and W&B's config with the
+    settings apart: :func:`hpplug.tracking.wandb_view`): every option by its flat name, the
+    versions it ran with, and each plugin's distribution and version."""
+    import platform
+    from importlib.metadata import version
+
+    import accelerate
+
+    from hpplug import __version__
+
     return {**config.flat(),
+            "versions": {"hpplug": __version__, "torch": torch.__version__, "accelerate": accelerate.__version__,
+                         "wandb": version("wandb"), "python": platform.python_version()},
             "plugin_versions": {e.name: f"{e.distribution}=={e.version}" for e in entries}}
 
 
@@ -185,9 +196,11 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
     ``config`` before anything is built. ``resume_dir`` continues a run from its checkpoint.
     """
     from hpplug import manager, record
+    from hpplug.config import with_environment
     from hpplug.tracking import new_run_id, resolve_mode
 
     mode = resolve_mode(config.wandb_mode)
+    with_environment(config, os.environ)
     accelerator = make_accelerator(config, tracking=mode != "disabled")
     if resume_dir is not None:
         run_id = Path(resume_dir).name
@@ -195,9 +208,9 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
     else:
         run_id = _broadcast(accelerator, record.env_run_id() or new_run_id())
     tracker = Tracker(accelerator, mode, run_id, config.output_dir)
-    tracker.start(config.project, wandb_config(config, entries), resuming=resume_dir is not None)
     status, final, loop, signum = "failed", {}, None, None
-    try:
+    try:  # from here on, a run whose record was opened ends with its summary and closing lines
+        tracker.start(config.project, wandb_config(config, entries), resuming=resume_dir is not None)
         if apply_overrides is not None and resume_dir is None:
             overrides = _broadcast(accelerator, tracker.wandb_config())
             config, entries = apply_overrides(config, overrides)

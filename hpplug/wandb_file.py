@@ -87,17 +87,25 @@ def read_records(path: str | Path) -> Iterator[pb.Record]:
 
 @dataclass
 class WandbRun:
-    """What one offline run recorded; keys from ``nested_key`` are joined with ``/``."""
+    """What one offline run recorded; keys from ``nested_key`` are joined with ``/``.
+
+    ``metrics``: each ``define_metric``, by name (or pattern, ``train/*``): its
+    ``step_metric`` and its ``summary`` (``["max"]``, ...)."""
 
     run_id: str = ""
     project: str = ""
     group: str = ""
     job_type: str = ""
+    entity: str = ""
+    name: str = ""
+    notes: str = ""
+    tags: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     exit_code: int | None = None
     resumed: bool = False
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _key(item: pb.ConfigItem | pb.SummaryItem | pb.HistoryItem) -> str:
@@ -132,6 +140,7 @@ def _replay(path: str | Path) -> WandbRun:
         if kind == "run":
             r = rec.run
             run.run_id, run.project, run.group, run.job_type = r.run_id, r.project, r.run_group, r.job_type
+            run.entity, run.name, run.notes, run.tags = r.entity, r.display_name, r.notes, list(r.tags)
             run.resumed = r.resumed
             _merge(run.config, r.config)
             _merge(run.summary, r.summary)
@@ -145,4 +154,8 @@ def _replay(path: str | Path) -> WandbRun:
             run.history.append(row)
         elif kind == "exit":
             run.exit_code = rec.exit.exit_code
+        elif kind == "metric":
+            m = rec.metric
+            run.metrics[m.name or m.glob_name] = {
+                "step_metric": m.step_metric, "summary": sorted(f.name for f, on in m.summary.ListFields() if on)}
     return run

@@ -89,7 +89,7 @@ def test_agent_command_reaches_the_run(tmp_path: Path, seed_grid: dict[str, Any]
     assert "cosine.eta_min" not in config  # a parameter of the plugin this trial did not choose
     assert {r["lr"] for r in rows if "lr" in r} == {values["lr"]}
     assert run.run_id == "agent001" and run.exit_code == 0
-    assert run.summary["test/accuracy"] == json.loads((tmp_path / "runs" / "agent001" / "summary.json").read_text())["test/accuracy"]
+    assert run.summary["test/accuracy"] == {"max": json.loads((tmp_path / "runs" / "agent001" / "summary.json").read_text())["test/accuracy"]}
 
 
 def test_sweep_values_win_over_argv(tmp_path: Path, seed_grid: dict[str, Any]) -> None:
