@@ -182,9 +182,10 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
     ``apply_overrides`` merges what W&B says the config is (a sweep's locked values) into
     ``config`` before anything is built. ``resume_dir`` continues a run from its checkpoint.
     """
-    from hpplug import manager, record
+    from hpplug import manager, notices, record
     from hpplug.tracking import new_run_id, resolve_mode
 
+    notices.new_run()
     mode = resolve_mode(config.wandb_mode)
     accelerator = make_accelerator(config, tracking=mode != "disabled")
     if resume_dir is not None:
