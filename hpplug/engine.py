@@ -209,7 +209,7 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
                                "num_processes": config.num_processes})
         enabled = show_progress and accelerator.is_main_process
         with checkpoint.StopRequests() as loop.stop:
-            final = fit(loop, lambda p: EpochBar(p, config.global_batch_size, enabled=enabled))
+            final = fit(loop, EpochBar.factory(config.global_batch_size, enabled=enabled))
             final = {**final, **final_test(loop)}
         status = "finished"
     except Stopped as stop:
