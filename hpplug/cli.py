@@ -8,7 +8,6 @@ anything the command line can.
 from __future__ import annotations
 
 import ast
-import json
 import os
 import sys
 import traceback
@@ -18,19 +17,24 @@ from dataclasses import fields
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from hpplug import __version__
 from hpplug.config import OPTION_TYPES, OPTIONS, RunConfig
 from hpplug.errors import HpplugError, PluginError, one_line
+from hpplug.suggest import hint, reject_extra_args
 
 DEFAULTS = RunConfig()
 
 
+def _core_option(name: str, ctype: Any, help: str, catalog: dict[str, Any]) -> click.Option:
+    from hpplug.completion import CHOSEN_ALONE, names_for
 
-def _core_option(name: str, ctype: Any, help: str) -> click.Option:
     decls = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else []) + [name]
     default = getattr(DEFAULTS, name)
-    return click.Option(decls, type=ctype, default=default, show_default=default is not None, help=help)
+    complete = names_for(catalog, name) if name in CHOSEN_ALONE else None
+    return click.Option(decls, type=ctype, default=default, show_default=default is not None, help=help,
+                        shell_complete=complete)
 
 
 def split_plugin_names(values: tuple[str, ...]) -> list[str]:
@@ -48,17 +52,17 @@ def split_plugin_names(values: tuple[str, ...]) -> list[str]:
     return names
 
 
-def _plugin_options(catalog: dict[str, Any]) -> list[click.Option]:
-    options = []
+def _plugin_options(catalog: dict[str, Any]) -> dict[str, list[click.Option]]:
+    """``--<plugin>.<param>`` options, by plugin (``hpplug run --help`` lists them under its name)."""
+    options: dict[str, list[click.Option]] = {}
     for name, entry in sorted(catalog.items()):
         if entry.cls is None:
             continue
         for key, param in entry.cls.params.items():
             default = "unset" if param.default is None else param.default
-            options.append(click.Option(
+            options.setdefault(name, []).append(click.Option(
                 [f"--{name}.{key}", f"{name.replace('-', '_')}__{key}"], type=click.STRING, default=None,
-                metavar=param.type_name.upper(),
-                help=f"[{name}] {param.help} (default {default}; {param.describe_range()})"))
+                metavar=param.type_name.upper(), help=f"{param.help} (default {default}; {param.describe_range()})"))
     return options
 
 
@@ -73,21 +77,6 @@ def _plugin_values(catalog: dict[str, Any], kwargs: dict[str, Any]) -> dict[str,
             if value is not None:
                 raw.setdefault(name, {})[key] = value
     return raw
-
-
-def _reject_extra_args(args: list[str], catalog: dict[str, Any]) -> None:
-    """Name an unknown ``--plugin.param`` or option clearly instead of click's generic error."""
-    if not args:
-        return
-    arg = args[0]
-    option = arg.split("=", 1)[0]
-    if option.startswith("--") and "." in option:
-        plugin, key = option[2:].split(".", 1)
-        if plugin not in catalog:
-            raise HpplugError(f"{option}: unknown plugin {plugin!r}; see `hpplug plugins`")
-        known = ", ".join(f"--{plugin}.{k}" for k in (catalog[plugin].cls.params if catalog[plugin].cls else {}))
-        raise HpplugError(f"unknown parameter {option}; {plugin} takes: {known or 'no parameters'}")
-    raise HpplugError(f"unexpected argument {arg!r}; see `hpplug run --help`")
 
 
 def build_config(catalog: dict[str, Any], plugin_names: list[str], raw: dict[str, dict[str, Any]],
@@ -228,42 +217,66 @@ def report(result: Any) -> None:
 def run_command(catalog: dict[str, Any]) -> click.Command:
     """``hpplug run``, with one option per parameter of every installed plugin."""
 
-    def callback(plugin: tuple[str, ...], resume: str | None, **kwargs: Any) -> None:
-        from hpplug import engine, preflight, record
+    def callback(plugin: tuple[str, ...], resume: str | None, config_file: str | None, print_config: bool,
+                 **kwargs: Any) -> None:
+        from hpplug import configfile, engine, preflight, record
 
         ctx = click.get_current_context()
-        _reject_extra_args(ctx.args, catalog)
+        reject_extra_args(ctx, catalog)
         raw = _plugin_values(catalog, kwargs)
+        plugins = split_plugin_names(plugin) if plugin else None
+        if config_file is not None:
+            if resume is not None:
+                raise HpplugError("--config and --resume: a resumed run takes every option from its checkpoint; "
+                                  "give one of them")
+            given = {k for k in kwargs if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+            layer = configfile.load(config_file, catalog)
+            plugins, kwargs, raw = configfile.merge(layer, catalog, kwargs, given, plugins, raw)
         record.env_run_id()  # it may name the folder to resume: checked first
         resume_dir = _resume_dir(resume, kwargs["output_dir"])
         if resume_dir is not None:
             config, entries = resumed_config(catalog, resume_dir)
         else:
-            config, entries = build_config(catalog, split_plugin_names(plugin), raw, kwargs)
+            config, entries = build_config(catalog, plugins or [], raw, kwargs)
+        if print_config:
+            click.echo(configfile.dump(config), nl=False)
+            return
         preflight.check(config, os.environ)
         result = engine.run(config, entries, apply_overrides=sweep_overrides(catalog), resume_dir=resume_dir)
         report(result)
 
+    from hpplug.completion import names_for
+    from hpplug.run_help import RunCommand
+
     names = ", ".join(sorted(n for n, e in catalog.items() if e.cls is not None)) or "none installed"
     params = [click.Option(["--plugin", "--plugins", "-p", "plugin"], multiple=True, metavar="NAME",
+                           shell_complete=names_for(catalog, "plugin"),
                            help=f"Plugin to use; repeat for several. Installed: {names}."),
+              click.Option(["--config", "config_file"], type=click.Path(), metavar="FILE", default=None,
+                           help="Options from a YAML file (or a run's config.json); the command line overrides "
+                                "it. --print-config writes one."),
+              click.Option(["--print-config"], is_flag=True,
+                           help="Print the resolved configuration as YAML for --config, and exit without training."),
               click.Option(["--resume"], metavar="auto|DIR", default=None,
                            help="Continue a run from its checkpoint: its record folder, or auto for the "
                                 "newest unfinished one in --output-dir. Other options are taken from the run.")]
-    params += [_core_option(*spec) for spec in OPTIONS] + _plugin_options(catalog)
-    return click.Command(
-        "run", callback=callback, params=params,
+    by_plugin = _plugin_options(catalog)
+    params += [_core_option(*spec, catalog) for spec in OPTIONS] + [o for opts in by_plugin.values() for o in opts]
+    return RunCommand(
+        "run", callback=callback, params=params, catalog=catalog, plugin_options=by_plugin,
         context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
                           "max_content_width": 100},
         help="Train a model assembled from plugins, tracked in W&B and in a local run record.\n\n"
              "Defaults reproduce the seed article: MLP with 500 hidden units, SGD lr 0.1, batch 64 "
              "(--val-fraction 0 trains on the whole training set, as the article does). "
-             "Plugin parameters are --<plugin>.<param>=VALUE, e.g. --cosine.eta_min=0.0001.",
+             "Plugin parameters are --<plugin>.<param>=VALUE, e.g. --cosine.eta_min=0.0001; "
+             "`hpplug run --plugin NAME --help` shows only the options that apply.",
         short_help="Train a model assembled from plugins.")
 
 
 # Commands defined in their own modules, imported only when used: "name": "module:attr".
 LAZY_COMMANDS = {
+    "plugins": "hpplug.listing:plugins_command",
     "sweep": "hpplug.sweep:sweep_command",
     "new-plugin": "hpplug.scaffold:new_plugin_command",
 }
@@ -288,6 +301,14 @@ class HpplugCLI(click.Group):
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                             list[str]]:
+        name = args[0] if args else ""
+        if not name.startswith("-") and self.get_command(ctx, name) is None:
+            raise click.UsageError(f"no command {name!r}; {hint(name, self.list_commands(ctx))}"
+                                   "`hpplug --help` lists them")
+        return super().resolve_command(ctx, args)
+
 
 DEBUG_ENV = "HPPLUG_DEBUG"
 # Set by --debug while it is parsed, so that main() knows even when the error comes first.
@@ -299,51 +320,15 @@ def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
         _debug.set(True)
 
 
-@click.group(cls=HpplugCLI, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=HpplugCLI, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hpplug")
 @click.option("--debug", is_flag=True, is_eager=True, expose_value=False, callback=_set_debug,
               help=f"Show the traceback of an unexpected error or a failing plugin (or set {DEBUG_ENV}=1).")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """hpplug: tune PyTorch training runs with plugins, tracked in Weights & Biases."""
-
-
-@cli.command("plugins")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-def plugins_command(as_json: bool) -> None:
-    """List plugins: status (active, disabled or the error), kind, distribution, hooks, parameters."""
-    from hpplug.discovery import DISABLE_AUTOLOAD_ENV, discover, third_party_disabled
-
-    catalog = discover()
-    rows = [_describe(entry) for entry in sorted(catalog.values(), key=lambda e: (e.kind_name, e.name))]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
-        return
-    if third_party_disabled():
-        click.echo(f"{DISABLE_AUTOLOAD_ENV} is set: only hpplug's own plugin packages are loaded.\n")
-    for row in rows:
-        status = {"active": "active", "disabled": f"disabled ({DISABLE_AUTOLOAD_ENV})"}.get(
-            row["status"], f"ERROR: {row['error']}")
-        click.echo(f"{row['name']}  [{row['kind']}]  {row['distribution']} {row['version']}  {status}")
-        if row["hooks"]:
-            click.echo("    hooks: " + ", ".join(row["hooks"]))
-        for p in row["params"]:
-            click.echo(f"    --{row['name']}.{p['name']}  {p['type']} = {p['default']!r}  ({p['range']})  {p['help']}")
-    if not rows:
-        click.echo("No plugins installed: pip install hpplug's plugins/ packages or a third-party one.")
-        return
-    count = {s: sum(r["status"] == s for r in rows) for s in ("active", "disabled", "error")}
-    click.echo(f"\n{count['active']} active, {count['disabled']} disabled, {count['error']} with errors")
-
-
-def _describe(entry: Any) -> dict[str, Any]:
-    params = []
-    if entry.cls is not None:
-        params = [{"name": k, "type": p.type_name, "default": p.default, "range": p.describe_range(),
-                   "help": p.help} for k, p in entry.cls.params.items()]
-    return {"name": entry.name, "status": entry.status, "kind": entry.kind_name,
-            "distribution": entry.distribution, "version": entry.version, "builtin": entry.builtin,
-            "hooks": entry.hooks, "params": params, "slot": entry.cls.slot if entry.cls else None,
-            "error": entry.error}
+    if ctx.invoked_subcommand is None:  # `hpplug` alone: the usage, as a request for help
+        click.echo(ctx.get_help())
 
 
 def _unexpected(exc: Exception) -> str:

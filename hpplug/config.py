@@ -266,3 +266,26 @@ def with_environment(config: RunConfig, environ: Mapping[str, str]) -> RunConfig
     if config.project is None:
         config.project = DEFAULT_PROJECT
     return config
+
+
+# Where each core option appears in `hpplug run --help` and in `--print-config` output, in
+# this order. Kept apart from OPTIONS (which others append to): an option missing here falls
+# into OTHER_GROUP, so it is still shown.
+OPTION_GROUPS: dict[str, tuple[str, ...]] = {
+    "Data": ("dataset", "data_root", "val_fraction", "loader", "workers"),
+    "Model": ("model",),
+    "Optimization": ("epochs", "batch_size", "lr", "optimizer", "momentum", "seed"),
+    "Precision & scale": ("mixed_precision", "grad_accum", "eval_batch_size"),
+    "Tracking & output": ("wandb_mode", "project", "entity", "name", "tags", "group", "notes", "output_dir", "log_every",
+                          "checkpoint_every"),
+}
+OTHER_GROUP = "Other"
+
+
+def option_groups() -> dict[str, list[str]]:
+    """Every core option by group, in OPTION_GROUPS's order; options it does not name go last."""
+    names = [name for name, _, _ in OPTIONS]
+    groups = {title: [n for n in members if n in OPTION_TYPES] for title, members in OPTION_GROUPS.items()}
+    placed = {n for members in groups.values() for n in members}
+    groups[OTHER_GROUP] = [n for n in names if n not in placed]
+    return {title: members for title, members in groups.items() if members}

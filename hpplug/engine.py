@@ -195,10 +195,11 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
     ``apply_overrides`` merges what W&B says the config is (a sweep's locked values) into
     ``config`` before anything is built. ``resume_dir`` continues a run from its checkpoint.
     """
-    from hpplug import manager, record
+    from hpplug import manager, notices, record
     from hpplug.config import with_environment
     from hpplug.tracking import new_run_id, resolve_mode
 
+    notices.new_run()
     mode = resolve_mode(config.wandb_mode)
     with_environment(config, os.environ)
     accelerator = make_accelerator(config, tracking=mode != "disabled")
@@ -223,7 +224,7 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
                                "num_processes": config.num_processes})
         enabled = show_progress and accelerator.is_main_process
         with checkpoint.StopRequests() as loop.stop:
-            final = fit(loop, lambda p: EpochBar(p, config.global_batch_size, enabled=enabled))
+            final = fit(loop, EpochBar.factory(config.global_batch_size, enabled=enabled))
             final = {**final, **final_test(loop)}
         status = "stopped" if loop.state.stop_reason else "finished"
     except Stopped as stop:

@@ -20,6 +20,7 @@ from hpplug.discovery import (BUILTIN_DISTRIBUTIONS, DISABLE_AUTOLOAD_ENV, GROUP
 from hpplug.errors import HpplugError
 from hpplug.guard import guard, run_guarded
 from hpplug.plugin import Plugin
+from hpplug.suggest import hint
 
 __all__ = [
     "new_plugin_manager", "resolve", "check_slots", "build", "parse_values",
@@ -41,9 +42,9 @@ def resolve(catalog: dict[str, PluginEntry], names: list[str]) -> list[PluginEnt
     for name in names:
         entry = catalog.get(name)
         if entry is None:
-            available = ", ".join(sorted(n for n, e in catalog.items()
-                                         if e.active and e.kind_name not in ("model", "dataset")))
-            raise HpplugError(f"unknown plugin {name!r}; installed plugins: {available or 'none'} "
+            available = sorted(n for n, e in catalog.items() if e.active and e.kind_name not in ("model", "dataset"))
+            raise HpplugError(f"unknown plugin {name!r}; {hint(name, available)}"
+                              f"installed plugins: {', '.join(available) or 'none'} "
                               "(models and data sets: --model, --dataset)")
         if entry.disabled:
             raise HpplugError(f"plugin {name!r} ({entry.distribution}) is not loaded because "

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hpplug.errors import HpplugError
+from hpplug.suggest import hint
 
 KINDS = {"model": "--model", "dataset": "--dataset"}
 
@@ -36,9 +36,7 @@ def select(catalog: dict[str, Any], kind: str, spec: str) -> tuple[Any, dict[str
     name, _, variant = spec.partition("/")
     entry = catalog.get(name)
     if entry is None:
-        close = difflib.get_close_matches(name, names_of(catalog, kind), n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise HpplugError(f"unknown {kind} {name!r}; {hint}{kinds_hint(catalog, kind)}")
+        raise HpplugError(f"unknown {kind} {name!r}; {hint(name, names_of(catalog, kind))}{kinds_hint(catalog, kind)}")
     if not entry.active:
         why = "third-party plugins are off (HPPLUG_DISABLE_PLUGIN_AUTOLOAD)" if entry.disabled else entry.error
         raise HpplugError(f"{kind} {name!r} ({entry.distribution} {entry.version}) cannot be used: {why}")
@@ -83,9 +81,8 @@ def import_target(spec: str, option: str) -> Any:
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = [n for n in dir(obj) if not n.startswith("_")]
-            close = difflib.get_close_matches(part, names, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise HpplugError(f"{option} {spec}: {module_name} has no attribute {attr!r}{hint}")
+            close = hint(part, names).rstrip()
+            raise HpplugError(f"{option} {spec}: {module_name} has no attribute {attr!r}{'; ' + close if close else ''}")
         obj = getattr(obj, part)
     return obj
 

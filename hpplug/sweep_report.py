@@ -153,10 +153,32 @@ def write(spec: SweepSpec, state: dict[str, Any], sweep_dir: Path) -> tuple[str,
         b = data["best"]
         lines += [f"best: trial {b['number']} ({b['trial']}) {spec.metric} = {show(b['metric'])}",
                   f"  {b['command']}"]
+        best_config = write_best_config(b["record"], sweep_dir)
+        if best_config is not None:
+            lines.append(f"  or: hpplug run --config {best_config}")
     else:
         lines.append(f"no trial has reported {spec.metric} yet")
     lines.append(f"summary: {sweep_dir / 'summary.json'}" + (f"   plot: {png}" if png else ""))
     return "\n".join(lines), data
 
 
-__all__ = ["best_trial", "plot", "ranked", "searched", "summary", "table", "write"]
+def write_best_config(record: str | None, sweep_dir: Path) -> Path | None:
+    """The best trial's whole configuration (its record's config.json) as ``best-config.yaml``,
+    for ``hpplug run --config``; None when that record holds no readable configuration."""
+    from hpplug import configfile
+    from hpplug.errors import HpplugError
+    from hpplug.record import read_json
+
+    path = sweep_dir / "best-config.yaml"
+    try:
+        config = read_json(Path(record) / configfile.RECORD_FILE) if record else None
+        if config is not None:
+            write_atomic(path, configfile.from_record(config, str(Path(record) / configfile.RECORD_FILE)))
+            return path
+    except HpplugError:
+        pass
+    path.unlink(missing_ok=True)  # an earlier best's file would name the wrong trial
+    return None
+
+
+__all__ = ["best_trial", "write_best_config", "plot", "ranked", "searched", "summary", "table", "write"]

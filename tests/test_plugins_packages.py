@@ -250,14 +250,15 @@ def test_plugins_shows_the_declared_parameters(cli: dict[str, Any]) -> None:
     good = rows(cli["list_json"])["good"]
     assert (good["kind"], good["distribution"], good["version"]) == ("scheduler", "hpplug-good", "1.0")
     assert good["hooks"] == ["hpplug_lr_factor"]
-    assert good["params"] == [{"name": "factor", "type": "float", "default": 0.5,
-                               "range": "between 0.01 and 1.0", "help": "LR multiplier of the good plugin"}]
+    assert good["params"] == [{"name": "factor", "type": "float", "default": 0.5, "min": 0.01, "max": 1.0,
+                               "choices": None, "help": "LR multiplier of the good plugin"}]
     assert "--good.factor  float = 0.5  (between 0.01 and 1.0)  LR multiplier of the good plugin" in cli["list"]["out"]
 
 
 def test_parameters_show_in_run_help_validation_and_sweep_templates(cli: dict[str, Any]) -> None:
     help_text = " ".join(cli["help"]["out"].split())
-    assert "--good.factor FLOAT [good] LR multiplier of the good plugin (default 0.5; between 0.01 and 1.0)" in help_text
+    assert "good (scheduler; hpplug-good 1.0): --good.factor FLOAT LR multiplier of the good plugin (default 0.5; " \
+           "between 0.01 and 1.0)" in help_text
     assert "--broken." not in help_text and "--typo." not in help_text
     line = one_line_error(cli["bad_value"])
     assert "--good.factor" in line and "between 0.01 and 1.0" in line

@@ -111,7 +111,8 @@ def test_best_command_line_is_ready_to_run(tmp_path: Path, catalog: dict[str, An
     params = dict(ctx.params)
     raw = {"cosine": {"eta_min": params.pop("cosine__eta_min")}, "dropout": {"p": params.pop("dropout__p")}}
     config, _ = build_config(catalog, ["cosine", "dropout"], raw,
-                             {k: v for k, v in params.items() if "__" not in k and k not in ("plugin", "resume")})
+                             {k: v for k, v in params.items()
+                              if "__" not in k and k not in ("plugin", "resume", "config_file", "print_config")})
     assert params["plugin"] == ("cosine,dropout",)
     assert (config.lr, config.epochs, config.dataset) == (0.05, 20, "mnist")
     assert config.plugin_params == {"cosine": {"t_max": None, "eta_min": 0.0001, "interval": "epoch"},

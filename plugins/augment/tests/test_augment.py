@@ -164,3 +164,19 @@ def test_entry_points() -> None:
 
     assert {n: e.load() for n, e in eps.items()} == {"crop": Crop, "flip": Flip, "normalize": Normalize,
                                                      "mixup": Mixup, "cutmix": CutMix, "cutout": Cutout}
+
+
+def test_crop_warns_once_when_the_padding_is_half_the_image_side(capsys: pytest.CaptureFixture[str]) -> None:
+    from hpplug import notices
+
+    notices.new_run()
+    crop = Crop(padding=4)
+    run(crop, images(8, 1, 28, 28))
+    run(crop, images(8, 1, 8, 8), train=False)  # evaluation batches are not cropped
+    assert capsys.readouterr().err == ""
+    run(crop, images(8, 1, 8, 8))
+    run(crop, images(8, 1, 8, 8))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("Warning: --crop.padding 4 is at least half the side of the 8x8")
+    run(Crop(padding=3), images(8, 1, 8, 7))  # 2 x 3 < 7: fine
+    assert capsys.readouterr().err == ""

@@ -48,3 +48,16 @@ def test_entry_point_and_params() -> None:
         LRScaling.params["rule"].parse("cubic")
     with pytest.raises(ValueError):
         LRScaling.params["base_batch"].parse("0")
+
+
+def test_warns_when_the_global_batch_is_the_base_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    from hpplug import notices
+
+    notices.new_run()
+    for batch, processes, accum in ((128, 1, 1), (32, 2, 2), (32, 1, 1)):
+        LRScaling().hpplug_adjust_config(RunConfig(batch_size=batch, num_processes=processes, grad_accum=accum))
+    assert capsys.readouterr().err == ""
+    LRScaling().hpplug_adjust_config(RunConfig(batch_size=32, num_processes=2, grad_accum=1))
+    err = capsys.readouterr().err
+    assert err.startswith("Warning: --plugin lr-scaling does nothing: the global batch 64 (--batch-size 32 x 2 "
+                          "process(es) x --grad-accum 1) equals --lr-scaling.base_batch 64") and err.count("\n") == 1

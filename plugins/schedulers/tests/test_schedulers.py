@@ -267,3 +267,19 @@ def test_only_warmup_composes_and_all_share_the_lr_schedule_slot() -> None:
     for cls in classes:
         assert all(p.help for p in cls.params.values())
         assert cls.params["interval"].choices == ("epoch", "update")
+
+
+def test_step_warns_once_when_the_run_never_reaches_a_step(capsys: pytest.CaptureFixture[str]) -> None:
+    from hpplug import notices
+
+    notices.new_run()
+    Step(step_size=30).hpplug_lr_factor(Progress(update=0, epoch=0, updates_per_epoch=10, epochs=31), 0.1)
+    assert capsys.readouterr().err == ""
+    step = Step(step_size=30)
+    for update in range(300):  # every update of a 30-epoch run: the factor stays 1, said once
+        assert step.hpplug_lr_factor(Progress(update=update, epoch=update // 10, updates_per_epoch=10, epochs=30),
+                                     0.1) == 1.0
+    assert capsys.readouterr().err == ("Warning: --step.step_size 30 is not smaller than the run's 30 epochs: the LR "
+                                       "never decays; set --step.step_size below 30\n")
+    Step(step_size=1).hpplug_lr_factor(Progress(update=0, epoch=0, updates_per_epoch=10, epochs=1), 0.1)
+    assert "a one-epoch run never reaches a step" in capsys.readouterr().err

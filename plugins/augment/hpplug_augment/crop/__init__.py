@@ -13,7 +13,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from hpplug import Batch, HpplugError, Param, Plugin, Progress, hookimpl
+from hpplug import Batch, HpplugError, Param, Plugin, Progress, hookimpl, warn
 
 from hpplug_augment._random import randint
 
@@ -56,6 +56,14 @@ def crop_at(
     return flat.gather(2, index.expand(n, c, height * width)).reshape(n, c, height, width)
 
 
+def padding_warning(padding: int, height: int, width: int) -> str:
+    """Why a padding of half the image's side or more defeats the crop, and what to use instead."""
+    suggested = max(1, min(height, width) // 8)
+    return (f"--crop.padding {padding} is at least half the side of the {height}x{width} images: many crops are "
+            f"mostly zero padding and training can stay near chance accuracy; use about an eighth of the side "
+            f"(--crop.padding {suggested})")
+
+
 class Crop(Plugin):
     """Pad with zeros and crop at a random offset per sample (training only)."""
 
@@ -71,6 +79,8 @@ class Crop(Plugin):
             return
         x = batch.x
         n, _, h, w = x.shape
+        if 2 * self.padding >= min(h, w):
+            warn(padding_warning(self.padding, h, w))
         height, width = crop_size(self.size, h, w)
         max_top, max_left = h + 2 * self.padding - height, w + 2 * self.padding - width
         if max_top < 0 or max_left < 0:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from hpplug import Param, Plugin, hookimpl
+from hpplug import Param, Plugin, hookimpl, warn
 
 if TYPE_CHECKING:
     from hpplug.config import RunConfig
@@ -44,4 +44,9 @@ class LRScaling(Plugin):
 
     @hookimpl
     def hpplug_adjust_config(self, config: RunConfig) -> None:
+        if config.global_batch_size == self.base_batch:
+            warn(f"--plugin lr-scaling does nothing: the global batch {config.global_batch_size} (--batch-size "
+                 f"{config.batch_size} x {config.num_processes} process(es) x --grad-accum {config.grad_accum}) "
+                 f"equals --lr-scaling.base_batch {self.base_batch}; it scales --lr only for a batch other than "
+                 "base_batch, the batch size --lr was tuned at")
         config.lr = config.lr * lr_multiplier(config.global_batch_size, self.base_batch, self.rule)

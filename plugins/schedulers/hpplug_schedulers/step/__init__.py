@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from hpplug import HpplugError, Param, Plugin, Progress, hookimpl
+from hpplug import HpplugError, Param, Plugin, Progress, hookimpl, warn
 
 from hpplug_schedulers._time import interval_param, schedule_time
 
@@ -17,6 +17,13 @@ from hpplug_schedulers._time import interval_param, schedule_time
 def step_factor(t: float, step_size: int, gamma: float) -> float:
     """``gamma ** floor(t / step_size)``: torch StepLR's closed form."""
     return gamma ** math.floor(t / step_size)
+
+
+def never_steps(step_size: int, epochs: int) -> str:
+    """The warning for a step size the run never reaches: the LR stays at its base value."""
+    fix = (f"set --step.step_size below {epochs}" if epochs > 1
+           else "a one-epoch run never reaches a step: train for more epochs or use --plugin cosine")
+    return f"--step.step_size {step_size} is not smaller than the run's {epochs} epochs: the LR never decays; {fix}"
 
 
 class Step(Plugin):
@@ -37,4 +44,6 @@ class Step(Plugin):
 
     @hookimpl
     def hpplug_lr_factor(self, progress: Progress, base_lr: float) -> float:
+        if self.step_size >= progress.epochs:
+            warn(never_steps(self.step_size, progress.epochs))
         return step_factor(schedule_time(progress, self.interval), self.step_size, self.gamma)
