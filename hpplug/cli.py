@@ -238,8 +238,10 @@ def run_command(catalog: dict[str, Any]) -> click.Command:
             config, entries = resumed_config(catalog, resume_dir)
         else:
             config, entries = build_config(catalog, plugins or [], raw, kwargs)
-        if print_config:
-            click.echo(configfile.dump(config), nl=False)
+        if print_config:  # with what W&B's variables would fill in, as the run would use it
+            from hpplug.config import with_environment
+
+            click.echo(configfile.dump(with_environment(config, os.environ)), nl=False)
             return
         preflight.check(config, os.environ)
         result = engine.run(config, entries, apply_overrides=sweep_overrides(catalog), resume_dir=resume_dir)

@@ -30,7 +30,7 @@ from hpplug.suggest import hint
 MAX_BYTES = 1 << 20
 MAX_TEXT = 1000  # characters in one value: a path, a name
 # What a run record's config.json holds beyond the options: facts about the run, not settings.
-RECORD_ONLY = frozenset({"plugin_versions", "num_processes", "effective_lr", "global_batch_size"})
+RECORD_ONLY = frozenset({"versions", "plugin_versions", "num_processes", "effective_lr", "global_batch_size"})
 PLUGINS_KEYS = ("plugins", "plugin")  # ``plugin`` is what a sweep's W&B config names it
 RECORD_FILE = "config.json"
 _DEFAULTS = RunConfig()
