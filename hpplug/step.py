@@ -52,19 +52,21 @@ def labels(y: torch.Tensor) -> torch.Tensor:
 
 
 def forward_backward(loop: Loop, batches: list[Batch], scale: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Forward, loss and backward of each micro-batch; gradients are synchronized between
-    processes on the last one only. Returns ``(logits, per-sample losses)``, detached."""
-    acc, results = loop.accelerator, []
-    for i, batch in enumerate(batches):
-        last = i == len(batches) - 1
-        with acc.no_sync(loop.model) if not last and acc.num_processes > 1 else nullcontext():
-            logits = loop.model(batch.x)
-            losses = loop.hook.hpplug_loss(logits=logits, targets=batch.y, batch=batch)
-            if losses is None:
-                losses = F.cross_entropy(logits, batch.y, reduction="none")
-            acc.backward(losses.sum() * scale)
-        results.append((logits.detach(), losses.detach()))
-    return results
+    """:func:`micro_step` over each of an update's micro-batches; ``(logits, losses)`` of each."""
+    return [micro_step(loop, batch, i == len(batches) - 1, scale) for i, batch in enumerate(batches)]
+
+
+def micro_step(loop: Loop, batch: Batch, last: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss and backward of one micro-batch; gradients are synchronized between
+    processes on the ``last`` one only. Returns ``(logits, per-sample losses)``, detached."""
+    acc = loop.accelerator
+    with acc.no_sync(loop.model) if not last and acc.num_processes > 1 else nullcontext():
+        logits = loop.model(batch.x)
+        losses = loop.hook.hpplug_loss(logits=logits, targets=batch.y, batch=batch)
+        if losses is None:
+            losses = F.cross_entropy(logits, batch.y, reduction="none")
+        acc.backward(losses.sum() * scale)
+    return logits.detach(), losses.detach()
 
 
 def train_update(loop: Loop, feed: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], size: int) -> None:
@@ -73,18 +75,17 @@ def train_update(loop: Loop, feed: Iterator[tuple[torch.Tensor, torch.Tensor, to
     c, acc, sums, train = loop.config, loop.accelerator, loop.state.window, loop.data.train
     # Per-update seed: augmentation draws are a pure function of (seed, rank, update).
     loop.batch_generator.manual_seed(c.seed * 1_000_003 + loop.progress.update * 131 + acc.process_index)
-    batches = []
-    for _ in range(c.grad_accum):
+    scale, batches = acc.num_processes / size, []
+    for i in range(c.grad_accum):  # each micro-batch: transforms, forward, loss, backward (hookspecs.ORDER)
         x, y, index = next(feed)
         batch = Batch(train.inputs(x), y, True, loop.batch_generator, index=index, num_classes=loop.data.num_classes)
         loop.hook.hpplug_transform_batch(batch=batch, progress=loop.progress)
         batch.x, batch.y = batch.x.to(acc.device, non_blocking=True), batch.y.to(acc.device, non_blocking=True)
-        batches.append(batch)
-    scale = acc.num_processes / size
-    for (logits, losses), batch in zip(forward_backward(loop, batches, scale), batches):
+        logits, losses = micro_step(loop, batch, i == c.grad_accum - 1, scale)
         sums[0] += losses.sum().float()
         sums[1] += (logits.argmax(1) == labels(batch.y)).sum()
         sums[2] += len(batch.y)
+        batches.append(batch)  # kept for Step.recompute
     if acc.scaler is not None:
         acc.unscale_gradients()  # plugins see the true gradients (grad-clip); the scaler skips its own unscale
     loop.hook.hpplug_before_optimizer_step(model=loop.module, progress=loop.progress)
