@@ -51,6 +51,19 @@ from hpplug import Plugin, discovery, hookimpl
 from hpplug.cli import main
 
 
+# Installed plugins the cross-cutting tests (resume, two processes, bf16) leave to their own
+# packages' tests: data sets that need files, and the model zoos (minutes on this CPU).
+NEEDS_FILES = frozenset({"mnist", "fashion-mnist", "cifar10", "imagefolder"})
+ELSEWHERE = NEEDS_FILES | {"torchvision", "timm"}
+
+
+def cross_cutting() -> list[str]:
+    """The installed plugins (models and data sets included) every cross-cutting test trains."""
+    return sorted(name for name, entry in discovery.discover().items()
+                  if entry.cls is not None and entry.distribution != discovery.LOCAL_DISTRIBUTION
+                  and name not in ELSEWHERE)
+
+
 class Killer(Plugin):
     @hookimpl
     def hpplug_after_optimizer_step(self, model, progress):
@@ -311,13 +324,16 @@ def faults(action: str, at_update: str, out: str, run_args: list[str]) -> None:
 
 def every(out: str, names: list[str], run_args: list[str]) -> None:
     """``hpplug run`` once per plugin in ``names``, in this process (see the module's doc)."""
-    from accelerate.state import PartialState
+    import torch.distributed as dist
 
+    from hpplug import engine
+
+    # engine.run takes the process group down at its end; setting a new one up on the same
+    # rendezvous can pair the processes' runs wrongly and hang. Keep one for every run.
+    engine._close_processes = lambda accelerator: accelerator.wait_for_everyone()
     catalog = discovery.discover()
     out_dir, exits = Path(out), {}
     for name in names:
-        # engine.run takes the process group down at its end; the next run sets it up again.
-        PartialState._reset_state()
         option = {"model": "--model", "dataset": "--dataset"}.get(catalog[name].kind_name, "--plugin")
         try:
             main(["run", option, name, *run_args, "--output-dir", str(out_dir / name)])
@@ -326,6 +342,9 @@ def every(out: str, names: list[str], run_args: list[str]) -> None:
             exits[name] = exc.code if isinstance(exc.code, int) else 1
     rank = os.environ.get("RANK", "0")
     (out_dir / f"exits.{rank}.json").write_text(json.dumps(exits))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 from hpplug import Plugin, discovery, hookimpl
 from hpplug.wandb_file import find_run_files, read_run
 
-from .driver import Killer, forked
+from .driver import Killer, cross_cutting, forked
 from .hostile.conftest import assert_same_run, rows
 
 DRIVER = str(Path(__file__).with_name("driver.py"))
@@ -120,18 +120,12 @@ def kill_and_resume(hpplug_train, tmp_path: Path, options: dict, reorder: bool =
     return baseline, cut
 
 
-CATALOG = {n: e for n, e in discovery.discover().items() if e.cls is not None and e.distribution != "<in-process>"}
-# Data sets that need files, and the zoo models (minutes on this CPU), resume through the
-# same engine path as digits and mlp/cnn; they are trained in tests/test_byo.py.
-ELSEWHERE = {"mnist", "fashion-mnist", "cifar10", "imagefolder", "torchvision", "timm"}
-
-
-@pytest.mark.parametrize("plugin", sorted(set(CATALOG) - ELSEWHERE))
+@pytest.mark.parametrize("plugin", cross_cutting())
 def test_resume_is_exact_for_every_installed_plugin(plugin, hpplug_register, hpplug_train, tmp_path, one_thread):
     """Cross-cutting: each plugin trained 2 epochs straight vs SIGKILLed mid-epoch (update 35
     of 42) and resumed."""
     hpplug_register("killer", Killer)
-    kind = CATALOG[plugin].kind_name
+    kind = discovery.discover()[plugin].kind_name
     chosen = {kind: plugin} if kind in ("model", "dataset") else {}
     options = dict(epochs=2, log_every=4, checkpoint_every="10",
                    plugins=["killer"] + ([] if chosen else [plugin]), **chosen)
