@@ -64,6 +64,19 @@ def cross_cutting() -> list[str]:
                   and name not in ELSEWHERE)
 
 
+def resume(record: Path, reorder: bool = False):
+    """Resume ``record`` in this process as ``hpplug run --resume RECORD`` does (``reorder``:
+    its plugins named in reverse order); the run's result."""
+    from hpplug import engine
+    from hpplug.cli import resumed_config
+
+    config, entries = resumed_config(discovery.discover(), Path(record))
+    if reorder:
+        config.plugins.reverse()
+        entries.reverse()
+    return engine.run(config, entries, resume_dir=Path(record), show_progress=False)
+
+
 class Killer(Plugin):
     @hookimpl
     def hpplug_after_optimizer_step(self, model, progress):

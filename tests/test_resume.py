@@ -14,7 +14,7 @@ import torch
 from hpplug import Plugin, discovery, hookimpl
 from hpplug.wandb_file import find_run_files, read_run
 
-from .driver import Killer, cross_cutting, forked
+from .driver import Killer, cross_cutting, forked, resume
 from .hostile.conftest import assert_same_run, rows
 
 DRIVER = str(Path(__file__).with_name("driver.py"))
@@ -98,9 +98,6 @@ def kill_and_resume(hpplug_train, tmp_path: Path, options: dict, reorder: bool =
     disk); then resume that record here, as ``hpplug run --resume`` does (``reorder``: its
     plugins named in reverse order). Returns the two record folders: the straight one and
     the resumed one."""
-    from hpplug import engine
-    from hpplug.cli import resumed_config
-
     baseline = Path(hpplug_train(output_dir=str(tmp_path / "a"), **options).record_dir)
 
     def train_until_killed():
@@ -112,11 +109,7 @@ def kill_and_resume(hpplug_train, tmp_path: Path, options: dict, reorder: bool =
     (cut,) = (tmp_path / "b").iterdir()
     assert not (cut / "summary.json").exists(), "the killed run never closed its record"
     assert json.loads((cut / "checkpoint" / "loop.json").read_text())["update"] == 30
-    config, entries = resumed_config(discovery.discover(), cut)
-    if reorder:
-        config.plugins.reverse()
-        entries.reverse()
-    engine.run(config, entries, resume_dir=cut, show_progress=False)
+    resume(cut, reorder)
     return baseline, cut
 
 
