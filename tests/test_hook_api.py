@@ -224,16 +224,15 @@ def test_a_stopped_run_resumed_from_its_last_checkpoint_trains_no_more(trace, cr
     assert rows(record) == rows(Path(baseline.record_dir))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hpplug.record.classify counts only status 'finished' as done: a run a plugin stopped (status 'stopped', "
-    "trained and tested) with a checkpoint is 'resumable', so --resume runs its test again and --resume auto "
-    "picks it"))
 def test_a_run_a_plugin_stopped_is_complete_and_not_resumed(crashes, hpplug_train, hpplug_cli, tmp_path):
+    """It was trained and tested: --resume refuses it, --resume auto skips it."""
     result = hpplug_train(["stop-after-first-epoch"], epochs=3, batch_size=256, checkpoint_every="1epoch",
                           output_dir=str(tmp_path))
     assert result.status == "stopped"
-    code, out, err = hpplug_cli("run", "--resume", "auto", "--output-dir", str(tmp_path))
-    assert code == 2 and "no unfinished run" in Outcome(code, out, err).line
+    auto = Outcome(*hpplug_cli("run", "--resume", "auto", "--output-dir", str(tmp_path)))
+    assert auto.code == 2 and "no unfinished run" in auto.line
+    named = Outcome(*hpplug_cli("run", "--resume", result.record_dir))
+    assert named.code == 2 and "already ended (stopped); nothing to resume" in named.line
 
 
 # --- the optimizer step --------------------------------------------------------------------
