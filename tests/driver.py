@@ -10,6 +10,10 @@ can SIGKILL a run at an exact update or record what each rank trained on.
 - ``tally``: keeps state (a count of updates and a tensor) that must survive a resume, and
   logs it at every epoch's end.
 
+In-process tests import from here: ``Killer`` (with :func:`forked`, a real SIGKILL of a
+forked copy of the test process, without paying a fresh interpreter per run), and
+``CrashAt``, which raises :class:`Crash` from inside the loop instead.
+
 Fault injection: with env ``HPPLUG_TEST_FAULT=ACTION:K:N``, the filesystem calls that the
 checkpoint save at update K makes are counted and the Nth one fails. ``kill`` counts every
 call that changes the disk (open for writing, fsync, mkdir, rename, replace, rmtree and the
@@ -24,6 +28,11 @@ into ``OUT/N`` followed by ``hpplug run --resume auto`` there, until a run meets
 call. ``OUT/faults.json`` lists each case: how the faulty run ended, the checkpoint folders
 it left (each with the update of its manifest, or None) and the resume's exit code; each
 process's output is in ``OUT/<case>.<stage>.out`` and ``.err``.
+
+``python tests/driver.py every OUT NAME... -- RUN-ARGS...`` runs ``hpplug run RUN-ARGS`` once
+per named plugin (``--model``/``--dataset`` for those kinds), into ``OUT/<name>``, all in one
+launch: under torchrun each run is its own ``engine.run`` on the same processes. Each rank
+writes ``OUT/exits.<rank>.json``: name -> exit code.
 """
 
 import builtins
@@ -42,11 +51,52 @@ from hpplug import Plugin, discovery, hookimpl
 from hpplug.cli import main
 
 
+# Installed plugins the cross-cutting tests (resume, two processes, bf16) leave to their own
+# packages' tests: data sets that need files, and the model zoos (minutes on this CPU).
+NEEDS_FILES = frozenset({"mnist", "fashion-mnist", "cifar10", "imagefolder"})
+ELSEWHERE = NEEDS_FILES | {"torchvision", "timm"}
+
+
+def cross_cutting() -> list[str]:
+    """The installed plugins (models and data sets included) every cross-cutting test trains."""
+    return sorted(name for name, entry in discovery.discover().items()
+                  if entry.cls is not None and entry.distribution != discovery.LOCAL_DISTRIBUTION
+                  and name not in ELSEWHERE)
+
+
+def resume(record: Path, reorder: bool = False):
+    """Resume ``record`` in this process as ``hpplug run --resume RECORD`` does (``reorder``:
+    its plugins named in reverse order); the run's result."""
+    from hpplug import engine
+    from hpplug.cli import resumed_config
+
+    config, entries = resumed_config(discovery.discover(), Path(record))
+    if reorder:
+        config.plugins.reverse()
+        entries.reverse()
+    return engine.run(config, entries, resume_dir=Path(record), show_progress=False)
+
+
 class Killer(Plugin):
     @hookimpl
     def hpplug_after_optimizer_step(self, model, progress):
         if progress.update == int(os.environ.get("HPPLUG_TEST_KILL_AT", "-1")):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Crash(BaseException):
+    """Stands for the process dying: raised from inside the loop, caught by the test."""
+
+
+class CrashAt(Plugin):
+    """Raises :class:`Crash` after update ``CrashAt.at`` (a class attribute the test sets)."""
+
+    at = -1
+
+    @hookimpl
+    def hpplug_after_optimizer_step(self, model, progress):
+        if progress.update == CrashAt.at:
+            raise Crash()
 
 
 class Recorder(Plugin):
@@ -221,26 +271,46 @@ def inject_faults(spec: str) -> None:
     wrap(shutil, "rmtree")
 
 
-def in_child(argv: list[str], log: Path, fault: str | None = None) -> int:
-    """Run ``hpplug ARGV`` in a forked process; its exit code, or -signal if killed."""
+def forked(function, log: Path) -> int:
+    """Call ``function()`` in a forked copy of this process, its output in ``LOG.out`` and
+    ``LOG.err``; returns the child's exit code (1 if it raised), or -signal if it was killed.
+
+    The child trains on one thread: OpenMP's thread pool does not survive a fork, and a
+    child that uses it hangs. Runs that must match the child's bit for bit use one too.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             for fd, suffix in ((1, ".out"), (2, ".err")):
                 os.dup2(os.open(f"{log}{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-            if fault:
-                inject_faults(fault)
-            main(argv)
+            torch.set_num_threads(1)
+            function()
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:  # noqa: BLE001 - the child reports whatever ended it, then exits
+            import traceback
+
+            traceback.print_exc()
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def in_child(argv: list[str], log: Path, fault: str | None = None) -> int:
+    """Run ``hpplug ARGV`` in a forked process; its exit code, or -signal if killed."""
+    def run() -> None:
+        if fault:
+            inject_faults(fault)
+        main(argv)
+
+    return forked(run, log)
 
 
 def faults(action: str, at_update: str, out: str, run_args: list[str]) -> None:
@@ -265,6 +335,31 @@ def faults(action: str, at_update: str, out: str, run_args: list[str]) -> None:
     (out_dir / "faults.json").write_text(json.dumps(cases, indent=1))
 
 
+def every(out: str, names: list[str], run_args: list[str]) -> None:
+    """``hpplug run`` once per plugin in ``names``, in this process (see the module's doc)."""
+    import torch.distributed as dist
+
+    from hpplug import engine
+
+    # engine.run takes the process group down at its end; setting a new one up on the same
+    # rendezvous can pair the processes' runs wrongly and hang. Keep one for every run.
+    engine._close_processes = lambda accelerator: accelerator.wait_for_everyone()
+    catalog = discovery.discover()
+    out_dir, exits = Path(out), {}
+    for name in names:
+        option = {"model": "--model", "dataset": "--dataset"}.get(catalog[name].kind_name, "--plugin")
+        try:
+            main(["run", option, name, *run_args, "--output-dir", str(out_dir / name)])
+            exits[name] = 0
+        except SystemExit as exc:
+            exits[name] = exc.code if isinstance(exc.code, int) else 1
+    rank = os.environ.get("RANK", "0")
+    (out_dir / f"exits.{rank}.json").write_text(json.dumps(exits))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     discovery.register_local("killer", Killer)
     discovery.register_local("recorder", Recorder)
@@ -277,5 +372,8 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["faults"]:
         torch.set_num_threads(1)  # no thread pool for the forked children to inherit
         faults(*sys.argv[2:5], sys.argv[5:])
+    elif sys.argv[1:2] == ["every"]:
+        split = sys.argv.index("--")
+        every(sys.argv[2], sys.argv[3:split], sys.argv[split + 1:])
     else:
         main(sys.argv[1:])

@@ -1,10 +1,12 @@
 """Two real CPU processes (gloo) under torchrun and under Accelerate's launcher.
 
 With the per-process batch halved, a two-process run must train on exactly the samples of
-the one-process run at every update, with the same LRs, one W&B run and one record.
+the one-process run at every update, with the same LRs, one W&B run and one record; and so
+must every installed plugin, as far as its draws allow.
 """
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -16,6 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from hpplug.wandb_file import find_run_files, read_run
+
+from .driver import cross_cutting
 
 DRIVER = str(Path(__file__).with_name("driver.py"))
 ARGS = ["run", "--plugin", "recorder", "--plugin", "cosine", "--plugin", "weight-decay", "--epochs", "2",
@@ -129,3 +133,61 @@ def test_processes_that_each_think_they_are_rank_0_are_refused(tmp_path):
     assert proc.returncode != 0
     assert "each trains alone as rank 0" in proc.stderr and "ACCELERATE_USE_CPU=1" in proc.stderr
     assert not any(tmp_path.iterdir()), "no run was started"
+
+
+# Plugins whose random draws depend on the process (each draws for its own half of the batch,
+# with its own generator): two processes cannot train bit for bit like one. A plugin missing
+# here whose draws do depend on the process fails the weight comparison below.
+PER_PROCESS_DRAWS = {"crop", "flip", "dropout", "mixup", "cutmix", "cutout"}
+EVERY = ["--epochs", "1", "--log-every", "5", "--checkpoint-every", "1epoch", "--wandb-mode", "disabled"]
+
+
+def every(prefix: list[str], out: Path, names: list[str], batch_size: int) -> subprocess.Popen:
+    """One launch that trains every plugin in ``names``, one run after the other (driver.every)."""
+    return subprocess.Popen([*prefix, "every", str(out), *names, "--", *EVERY, "--batch-size", str(batch_size)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+
+
+def finished(proc: subprocess.Popen, out: Path, ranks: int) -> dict[str, list[int]]:
+    """Each plugin's exit code on every rank, once the launch is over."""
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    exits = [json.loads((out / f"exits.{rank}.json").read_text()) for rank in range(ranks)]
+    return {name: [e[name] for e in exits] for name in exits[0]}
+
+
+def outcome(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The one record a run left in ``folder``: its summary and final weights."""
+    (record,) = folder.iterdir()
+    return json.loads((record / "summary.json").read_text()), load_file(record / "checkpoint" / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_for_every_plugin(tmp_path):
+    """Cross-cutting: each plugin, 1 epoch under torchrun on 2 CPU processes (batch 32 each)
+    against 1 process (batch 64); all runs of each launch in one pair of processes."""
+    names = cross_cutting()
+    one, two = tmp_path / "one", tmp_path / "two"
+    launches = [every([sys.executable, DRIVER], one, names, 64),
+                every([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                       "--master_port", str(free_port()), DRIVER], two, names, 32)]
+    exits_one, exits_two = finished(launches[0], one, 1), finished(launches[1], two, 2)
+    problems = []
+    for name in names:
+        if exits_one[name] != [0] or exits_two[name] != [0, 0]:
+            problems.append(f"{name}: exit codes {exits_one[name]} (1 process), {exits_two[name]} (2)")
+            continue
+        (summary, weights), (summary1, weights1) = outcome(two / name), outcome(one / name)
+        numbers = {k: v for k, v in summary.items() if isinstance(v, float)}
+        same = {k: (summary[k], summary1.get(k)) for k in ("status", "updates", "epochs_done")}
+        if any(a != b for a, b in same.values()) or summary["updates"] != 21:
+            problems.append(f"{name}: (2 processes, 1 process) {same}")
+        if not all(math.isfinite(v) for v in numbers.values()) or "test/accuracy" not in numbers:
+            problems.append(f"{name}: metrics {numbers}")
+        if name in PER_PROCESS_DRAWS:
+            continue
+        far = [k for k in weights1 if not torch.allclose(weights[k], weights1[k], atol=1e-5)]
+        if far or summary["val/loss"] != pytest.approx(summary1["val/loss"], rel=1e-5):
+            problems.append(f"{name}: the weights {far} or val/loss {summary['val/loss']} differ from 1 process's")
+    assert not problems, "\n".join(problems)

@@ -10,32 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hpplug import Plugin, discovery, hookimpl
 from hpplug.wandb_file import find_run_files, read_run
 
+from .driver import Killer, cross_cutting, forked, resume
+from .hostile.conftest import assert_same_run, rows
+
 DRIVER = str(Path(__file__).with_name("driver.py"))
-VOLATILE = {"time", "train/samples_per_s"}
-
-
-def rows(record: Path) -> list[dict]:
-    """The record's metrics without the wall-clock ones."""
-    lines = (record / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(l).items() if k not in VOLATILE} for l in lines]
-
-
-def weights(record: Path) -> dict[str, torch.Tensor]:
-    return load_file(record / "checkpoint" / "model.safetensors")
-
-
-def assert_same_run(resumed: Path, baseline: Path) -> None:
-    assert rows(resumed) == rows(baseline)
-    a, b = weights(resumed), weights(baseline)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    summary = json.loads((resumed / "summary.json").read_text())
-    assert summary["status"] == "finished"
-    assert summary["test/accuracy"] == json.loads((baseline / "summary.json").read_text())["test/accuracy"]
 
 
 def hpplug(*argv: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -100,58 +82,47 @@ def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path):
     assert run.exit_code != 0 and run.summary["status"] == "interrupted"
 
 
-class Crash(BaseException):
-    """Stands for the process dying: raised from inside the loop, caught by the test."""
+@pytest.fixture
+def one_thread():
+    """Every run of the test on one thread, like the forked child (see driver.forked), so
+    that the killed run and the straight one compute alike bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
-class CrashAt(Plugin):
-    at = -1
-
-    @hookimpl
-    def hpplug_after_optimizer_step(self, model, progress):
-        if progress.update == CrashAt.at:
-            raise Crash()
-
-
-def crash_and_resume(hpplug_train, tmp_path: Path, options: dict, reorder: bool = False) -> tuple[Path, Path]:
-    """Train ``options`` straight through, and again crashed at update 35 (the checkpoint of
-    update 30 on disk), then resumed in-process (``reorder``: its plugins named in reverse
-    order). Returns the two record folders: the baseline and the resumed one."""
-    from hpplug import engine
-    from hpplug.cli import resumed_config
-
-    CrashAt.at = -1
+def kill_and_resume(hpplug_train, tmp_path: Path, options: dict, reorder: bool = False) -> tuple[Path, Path]:
+    """Train ``options`` (which name the ``killer`` plugin) straight through; again in a forked
+    copy of this process that SIGKILLs itself after update 35 (the checkpoint of update 30 on
+    disk); then resume that record here, as ``hpplug run --resume`` does (``reorder``: its
+    plugins named in reverse order). Returns the two record folders: the straight one and
+    the resumed one."""
     baseline = Path(hpplug_train(output_dir=str(tmp_path / "a"), **options).record_dir)
-    CrashAt.at = 35
-    try:
-        with pytest.raises(Crash):
-            hpplug_train(output_dir=str(tmp_path / "b"), **options)
-    finally:
-        CrashAt.at = -1
+
+    def train_until_killed():
+        os.environ["HPPLUG_TEST_KILL_AT"] = "35"  # the child's environment only
+        hpplug_train(output_dir=str(tmp_path / "b"), **options)
+
+    ended = forked(train_until_killed, tmp_path / "killed")
+    assert ended == -signal.SIGKILL, (tmp_path / "killed.err").read_text()[-3000:]
     (cut,) = (tmp_path / "b").iterdir()
-    config, entries = resumed_config(discovery.discover(), cut)
-    if reorder:
-        config.plugins.reverse()
-        entries.reverse()
-    engine.run(config, entries, resume_dir=cut, show_progress=False)
+    assert not (cut / "summary.json").exists(), "the killed run never closed its record"
+    assert json.loads((cut / "checkpoint" / "loop.json").read_text())["update"] == 30
+    resume(cut, reorder)
     return baseline, cut
 
 
-CATALOG = {n: e for n, e in discovery.discover().items() if e.cls is not None and e.distribution != "<in-process>"}
-# Data sets that need files, and the zoo models (minutes on this CPU), resume through the
-# same engine path as digits and mlp/cnn; they are trained in tests/test_byo.py.
-ELSEWHERE = {"mnist", "fashion-mnist", "cifar10", "imagefolder", "torchvision", "timm"}
-
-
-@pytest.mark.parametrize("plugin", sorted(set(CATALOG) - ELSEWHERE))
-def test_resume_is_exact_for_every_installed_plugin(plugin, hpplug_register, hpplug_train, tmp_path):
-    """Cross-cutting: each plugin trained 2 epochs straight vs cut at update 35 and resumed."""
-    hpplug_register("crash-at", CrashAt)
-    kind = CATALOG[plugin].kind_name
+@pytest.mark.parametrize("plugin", cross_cutting())
+def test_resume_is_exact_for_every_installed_plugin(plugin, hpplug_register, hpplug_train, tmp_path, one_thread):
+    """Cross-cutting: each plugin trained 2 epochs straight vs SIGKILLed mid-epoch (update 35
+    of 42) and resumed."""
+    hpplug_register("killer", Killer)
+    kind = discovery.discover()[plugin].kind_name
     chosen = {kind: plugin} if kind in ("model", "dataset") else {}
     options = dict(epochs=2, log_every=4, checkpoint_every="10",
-                   plugins=["crash-at"] + ([] if chosen else [plugin]), **chosen)
-    baseline, cut = crash_and_resume(hpplug_train, tmp_path, options)
+                   plugins=["killer"] + ([] if chosen else [plugin]), **chosen)
+    baseline, cut = kill_and_resume(hpplug_train, tmp_path, options)
     assert_same_run(cut, baseline)
 
 
@@ -188,13 +159,14 @@ class KeeperB(Keeper):
     key, step = "b", 7
 
 
-def test_each_plugin_gets_its_own_state_back_when_named_in_another_order(hpplug_register, hpplug_train, tmp_path):
+def test_each_plugin_gets_its_own_state_back_when_named_in_another_order(hpplug_register, hpplug_train, tmp_path,
+                                                                        one_thread):
     """A plugin's state is saved under its name, not its position among the plugins."""
-    for name, cls in (("crash-at", CrashAt), ("keeper-a", KeeperA), ("keeper-b", KeeperB)):
+    for name, cls in (("killer", Killer), ("keeper-a", KeeperA), ("keeper-b", KeeperB)):
         hpplug_register(name, cls)
     options = dict(epochs=2, log_every=4, checkpoint_every="10", params={"mlp": {"hidden": 16}},
-                   plugins=["crash-at", "keeper-a", "keeper-b"])
-    baseline, cut = crash_and_resume(hpplug_train, tmp_path, options, reorder=True)
+                   plugins=["killer", "keeper-a", "keeper-b"])
+    baseline, cut = kill_and_resume(hpplug_train, tmp_path, options, reorder=True)
     assert_same_run(cut, baseline)
     last = [row for row in rows(cut) if "a/count" in row][-1]  # the last epoch's row
     assert (last["a/count"], last["b/count"]) == (42, 7 * 42)

@@ -19,6 +19,7 @@ import torch
 
 from hpplug import Plugin, discovery, hookimpl, statefile
 
+from ..driver import Crash, CrashAt
 from .conftest import assert_same_run
 
 DRIVER = str(Path(__file__).parents[1] / "driver.py")
@@ -41,19 +42,6 @@ class Payload:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
-
-
-class Crash(BaseException):
-    pass
-
-
-class CrashAt(Plugin):
-    at = -1
-
-    @hookimpl
-    def hpplug_after_optimizer_step(self, model, progress):
-        if progress.update == CrashAt.at:
-            raise Crash()
 
 
 class Keeper(Plugin):
