@@ -122,10 +122,7 @@ def test_the_documented_order_names_every_hook():
 
 @pytest.mark.parametrize("grad_accum", [
     1,
-    pytest.param(2, marks=pytest.mark.xfail(strict=True, reason=(
-        "hpplug.step.train_update transforms every micro-batch of an update before the first forward pass "
-        "(transform, transform, loss, loss); ORDER documents 'for each micro-batch: hpplug_transform_batch -> "
-        "forward -> hpplug_loss -> backward' (transform, loss, transform, loss)"))),
+    2,
 ])
 def test_hooks_fire_in_the_documented_order(grad_accum, trace, hpplug_train):
     result = hpplug_train(["trace"], epochs=2, batch_size=128, grad_accum=grad_accum, log_every=4)

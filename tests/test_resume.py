@@ -14,7 +14,7 @@ import torch
 from hpplug import Plugin, discovery, hookimpl
 from hpplug.wandb_file import find_run_files, read_run
 
-from .driver import Killer, cross_cutting, forked, resume
+from .driver import Crash, CrashAt, Killer, cross_cutting, forked, resume
 from .hostile.conftest import assert_same_run, rows
 
 DRIVER = str(Path(__file__).with_name("driver.py"))
@@ -111,6 +111,29 @@ def kill_and_resume(hpplug_train, tmp_path: Path, options: dict, reorder: bool =
     assert json.loads((cut / "checkpoint" / "loop.json").read_text())["update"] == 30
     resume(cut, reorder)
     return baseline, cut
+
+
+def crash_and_resume(hpplug_train, tmp_path: Path, options: dict) -> tuple[Path, Path]:
+    """In-process, for the plugin packages' own tests (``options`` name ``crash-at``, which the
+    test registers as :class:`CrashAt`): straight through, and again cut by a :class:`Crash`
+    after update 35 (the checkpoint of update 30 on disk) and resumed. The two records."""
+    CrashAt.at = -1
+    baseline = Path(hpplug_train(output_dir=str(tmp_path / "a"), **options).record_dir)
+    CrashAt.at = 35
+    try:
+        with pytest.raises(Crash):
+            hpplug_train(output_dir=str(tmp_path / "b"), **options)
+    finally:
+        CrashAt.at = -1
+    (cut,) = (tmp_path / "b").iterdir()
+    resume(cut)
+    return baseline, cut
+
+
+def weights(record: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(record / "checkpoint" / "model.safetensors")
 
 
 @pytest.mark.parametrize("plugin", cross_cutting())
