@@ -161,8 +161,9 @@ def run_sweep(spec: SweepSpec, folder: Path, yaml_file: str, dry_run: bool, opti
         click.echo(f"trial {trial['number']}: " + shlex.join(argv) if trial else
                    f"no trial left to run ({runner.state.get('done') or 'grid exhausted'})")
         return
+    total = runner.total()
     click.echo(f"sweep {spec.sweep_id}: {spec.raw['method']} search on {spec.metric} ({spec.goal}), "
-               f"{runner.parallel} at a time; folder {folder}")
+               f"{'' if total is None else f'{total} trials, '}{runner.parallel} at a time; folder {folder}")
     code = runner.run()
     text, _ = sweep_report.write(spec, runner.state, folder)
     click.echo(text)

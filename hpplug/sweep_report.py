@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
 from hpplug.atomic import write_atomic
 from hpplug.sweep_spec import SweepSpec, pretty_command
+from hpplug.sweep_trials import is_count
 
 RANKED = ("finished", "stopped")  # statuses whose metric is a real result
 
@@ -31,6 +33,77 @@ def show(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "-" if value is None else str(value)
+
+
+def settings(spec: SweepSpec, values: dict[str, Any]) -> list[str]:
+    """``name=value`` for each parameter that varies across the sweep and this trial uses."""
+    return [f"{name}={show(values[name])}" for name in searched(spec) if name in values]
+
+
+def fit(head: str, items: list[str], columns: int | None = None, wrap: bool = False, sep: str = "  ") -> list[str]:
+    """``head`` then ``items``, ``sep`` apart, in lines of at most ``columns`` characters
+    (the terminal's width by default): one line cut with an ellipsis, or with ``wrap`` the
+    items that do not fit continued on indented lines. The head itself is never cut."""
+    columns = columns or shutil.get_terminal_size().columns
+    lines = [head]
+    for item in items:
+        if len(lines[-1]) + len(sep) + len(item) <= columns:
+            lines[-1] += sep + item
+        elif not wrap:
+            room = columns - len(lines[-1]) - len(sep) - 1
+            if room > 0:
+                lines[-1] += f"{sep}{item[:room]}…"
+            break
+        else:
+            line = "    " + item
+            lines.append(line if len(line) <= columns else line[:columns - 1] + "…")
+    return lines
+
+
+def hyperband_reason(spec: SweepSpec, run: Any) -> str:
+    """Why W&B's hyperband stops ``run``, in the metric's own sign (the engine negates it
+    when maximizing) and from the run's own history (its ``early_terminate_info`` lines are
+    one list shared by every run, so their last line may be another run's)."""
+    info = getattr(run, "early_terminate_info", None) or {}
+    history = run.metric_history(spec.metric, filter_invalid=True)
+    passed = [(band, threshold) for band, threshold in zip(info.get("bands", []), info.get("thresholds", []))
+              if band <= len(history)]
+    if not passed or not history:
+        return "hyperband"
+    band, threshold = passed[-1]
+    maximize = spec.goal == "maximize"
+    threshold = -threshold if maximize else threshold
+    side = "below" if maximize else "above"
+    if (spec.raw.get("early_terminate") or {}).get("strict") is True:
+        return (f"{spec.metric} {show(float(history[band - 1]))} at step {band} is {side} {show(float(threshold))}, "
+                f"hyperband's threshold at step {band}")
+    best = max(history) if maximize else min(history)
+    return (f"best {spec.metric} {show(float(best))} in {len(history)} steps is {side} {show(float(threshold))}, "
+            f"hyperband's threshold at step {band}")
+
+
+def started_lines(spec: SweepSpec, trial: dict[str, Any]) -> list[str]:
+    """A trial announced as it starts: number, run id and the values that vary (wrapped)."""
+    return fit(f"trial {trial['number']} {trial['id']} {'started':<8}", settings(spec, trial["values"]), wrap=True)
+
+
+def stopping_lines(spec: SweepSpec, trial: dict[str, Any], run: Any) -> list[str]:
+    """The hyperband stop of a trial, with its own metric and the threshold (wrapped)."""
+    return fit(f"trial {trial['number']} {trial['id']}: stopping early (hyperband):",
+               hyperband_reason(spec, run).split(), wrap=True, sep=" ")
+
+
+def ended_line(spec: SweepSpec, trial: dict[str, Any], summary: dict[str, Any], done: int, total: int | None) -> str:
+    """One line for a trial that ended: number and run id (as announced), status, metric,
+    where a stopped one stopped (from its record), time, then the values, cut to fit."""
+    head = f"trial {trial['number']} {trial['id']} {trial['status']:<8}  {spec.metric}={show(trial['metric'])}"
+    if trial["status"] == "stopped" and all(is_count(summary.get(k)) for k in ("epochs_done", "updates")):
+        head += f"  at update {summary['updates']} ({summary['epochs_done']} epochs done)"
+    elif trial["status"] == "finished" and trial.get("stop_requested"):
+        head += "  (the stop request came after its training)"
+    took = trial["ended"] - (trial.get("launched") or trial["ended"])
+    progress = f"({took:.1f} s; {done}{'' if total is None else f'/{total}'} done)"
+    return fit(head, [progress, *settings(spec, trial["values"])])[0]
 
 
 def is_number(value: Any) -> bool:
@@ -159,4 +232,5 @@ def write(spec: SweepSpec, state: dict[str, Any], sweep_dir: Path) -> tuple[str,
     return "\n".join(lines), data
 
 
-__all__ = ["best_trial", "plot", "ranked", "searched", "summary", "table", "write"]
+__all__ = ["best_trial", "ended_line", "fit", "hyperband_reason", "plot", "ranked", "searched", "settings",
+           "started_lines", "stopping_lines", "summary", "table", "write"]
