@@ -15,6 +15,7 @@ from hpplug.sweep_spec import SweepSpec, pretty_command
 from hpplug.sweep_trials import is_count
 
 RANKED = ("finished", "stopped")  # statuses whose metric is a real result
+PARALLEL = "parallel_coordinates.png"  # beside the plot: the parallel-coordinates view
 
 
 def searched(spec: SweepSpec) -> list[str]:
@@ -110,12 +111,17 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def is_scored(trial: dict[str, Any]) -> bool:
+    """A trial with a real result: finished or stopped, with a finite metric."""
+    return trial["status"] in RANKED and is_number(trial.get("metric"))
+
+
 def ranked(spec: SweepSpec, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Trials best first: finished and stopped ones by the metric, then the rest."""
     sign = -1 if spec.goal == "maximize" else 1
 
     def key(t: dict[str, Any]) -> tuple[int, float, int]:
-        scored = t["status"] in RANKED and is_number(t.get("metric"))
+        scored = is_scored(t)
         return (0 if scored else 1, sign * t["metric"] if scored else 0.0, t["number"])
     return sorted(trials, key=key)
 
@@ -162,58 +168,12 @@ def summary(spec: SweepSpec, state: dict[str, Any], plot: Path | None) -> dict[s
     }
 
 
-def _numeric(values: list[Any]) -> bool:
-    return all(is_number(v) for v in values)
-
-
 def plot(spec: SweepSpec, trials: list[dict[str, Any]], path: Path) -> Path | None:
-    """Metric against each searched parameter, one subplot each; None when nothing to draw."""
-    scored = [t for t in trials if t["status"] in RANKED and is_number(t.get("metric"))]
-    params = searched(spec)
-    if not scored or not params:
-        return None
-    try:
-        import matplotlib
-    except ImportError:  # the table and summary.json do not need it
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Save the sweep's pictures (``sweep_plot``) beside ``path``; returns the main one
+    (the metric against each parameter), None when there is nothing to draw."""
+    from hpplug import sweep_plot
 
-    cols = min(3, len(params))
-    rows = math.ceil(len(params) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
-    best = best_trial(spec, trials)
-    for ax, name in zip(axes.flat, params):
-        used = [t for t in scored if name in t["values"]]
-        xs = [t["values"][name] for t in used]
-        ys = [t["metric"] for t in used]
-        declared = spec.parameters[name]
-        if _numeric(xs) and xs:
-            positions = xs
-            if "log" in str(declared.get("distribution", "")):
-                ax.set_xscale("log")
-        else:
-            order = [show(v) for v in declared.get("values", [])]
-            labels = order + sorted({show(x) for x in xs} - set(order))
-            positions = [labels.index(show(x)) for x in xs]
-            ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
-            ax.set_xlim(-0.5, len(labels) - 0.5)
-        for x, y, t in zip(positions, ys, used):
-            stopped = t["status"] == "stopped"
-            ax.scatter([x], [y], s=36, facecolors="none" if stopped else "C0", edgecolors="C0")
-            if best is not None and t["id"] == best["id"]:
-                ax.scatter([x], [y], s=160, marker="*", color="C3", zorder=3)
-        ax.set_xlabel(name)
-        ax.set_ylabel(spec.metric)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(params):]:
-        ax.axis("off")
-    fig.suptitle(f"sweep {spec.sweep_id}: {spec.metric} ({spec.goal}); hollow = stopped early, star = best",
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return sweep_plot.save(spec, trials, path.parent).get("scatter")
 
 
 def write(spec: SweepSpec, state: dict[str, Any], sweep_dir: Path) -> tuple[str, dict[str, Any]]:
@@ -228,7 +188,7 @@ def write(spec: SweepSpec, state: dict[str, Any], sweep_dir: Path) -> tuple[str,
                   f"  {b['command']}"]
     else:
         lines.append(f"no trial has reported {spec.metric} yet")
-    lines.append(f"summary: {sweep_dir / 'summary.json'}" + (f"   plot: {png}" if png else ""))
+    lines.append(f"summary: {sweep_dir / 'summary.json'}" + (f"   plots: {png}  {png.parent / PARALLEL}" if png else ""))
     return "\n".join(lines), data
 
 

@@ -8,6 +8,7 @@ extra is a real import failure in a fresh interpreter.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from hpplug.sweep_plot import AXIS_CHARS, PANEL_CHARS, figures
 from hpplug.sweep_report import fit, hyperband_reason
 from hpplug.sweep_spec import SweepSpec, load
 
@@ -220,6 +222,116 @@ def test_hyperband_sweep_names_and_really_stops_the_bad_trial(tmp_path: Path, mo
     for t in (good1, good2):
         assert json.loads((Path(t["record"]) / "summary.json").read_text())["epochs_done"] == epochs
         assert not t.get("stop_requested")
+
+
+# --- the pictures --------------------------------------------------------------------------
+
+
+def trial(number: int, values: dict[str, Any], metric: float, status: str = "finished") -> dict[str, Any]:
+    return {"number": number, "id": f"run{number:05d}", "status": status, "metric": metric, "values": values,
+            "record": ""}
+
+
+def drawn_labels(fig: Any, ax: Any) -> list[Any]:
+    """The x tick labels of ``ax`` as drawn (``fig.canvas.draw()`` first): (text, box)."""
+    renderer = fig.canvas.get_renderer()
+    return [(t.get_text(), t.get_window_extent(renderer)) for t in ax.get_xticklabels() if t.get_text()]
+
+
+def overlaps(boxes: list[Any]) -> list[tuple[str, str]]:
+    return [(a, b) for (a, x), (b, y) in itertools.combinations(boxes, 2) if x.overlaps(y)]
+
+
+@pytest.fixture
+def grid_sweep(tmp_path: Path) -> tuple[SweepSpec, list[dict[str, Any]]]:
+    """Repeated grid points (three seeds each), a long plugin parameter, a plugin choice,
+    values nobody tried (the sweep was cut short), and two numeric distributions."""
+    long_name = "label-smoothing-with-a-long-name.smoothing_factor"
+    spec = spec_of(tmp_path, method="grid", parameters={
+        "lr": {"values": [0.01, 0.1, 0.5]}, "seed": {"values": [1, 2, 3]}, long_name: {"values": [0.0, 0.1]},
+        "plugin": {"values": [["cosine", "dropout", "weight-decay"], ["cosine", "dropout", "weight-decay", "crop"],
+                              ["cosine", "dropout", "weight-decay", "crop", "flip"]]},
+        "epochs": {"value": 3}, "weight_decay": {"distribution": "log_uniform_values", "min": 1.0e-6, "max": 1.0e-2},
+        "momentum": {"distribution": "uniform", "min": 0.0, "max": 0.99}})
+    trials, n = [], 0
+    for lr, seed, plugin in itertools.product([0.01, 0.1], [1, 2, 3], spec.parameters["plugin"]["values"][:2]):
+        n += 1
+        numbers = {"weight_decay": 10 ** (-6 + 4 * ((n * 0.37) % 1)), "momentum": (n * 0.61) % 0.99}
+        trials.append(trial(n, {"lr": lr, "seed": seed, long_name: 0.1, "plugin": plugin, "epochs": 3, **numbers},
+                            0.5 + lr + 0.01 * seed, "stopped" if n == 3 else "finished"))
+    trials.append({**trial(n + 1, {"lr": 0.5, "seed": 1, long_name: 0.0, "plugin": plugin, "epochs": 3}, 0.0),
+                   "status": "failed", "metric": None})
+    return spec, trials
+
+
+def test_scatter_shows_what_was_tried_spread_counted_and_legible(grid_sweep: Any) -> None:
+    spec, trials = grid_sweep
+    fig = figures(spec, trials)["scatter"]
+    fig.canvas.draw()
+    panels = {ax.get_xlabel().split("\n")[0]: ax for ax in fig.axes}
+    long_name = "label-smoothing-with-a-long-name.smoothing_factor"
+    short = next(name for name in panels if name not in ("lr", "seed", "plugin"))
+    assert short.startswith("label-smoothing") and "…" in short and short.endswith("factor")
+    assert all(len(line) <= PANEL_CHARS for ax in fig.axes for line in ax.get_xlabel().split("\n"))
+    assert len(panels) == 6 and "epochs" not in panels  # constants get no panel
+    assert panels["weight_decay"].get_xscale() == "log" and panels["momentum"].get_xscale() == "linear"
+
+    # only the categories some scored trial tried: 0.5 (failed only) and the third plugin list get no column
+    assert [t for t, _ in drawn_labels(fig, panels["lr"])] == ["0.01", "0.1"]
+    assert [t for t, _ in drawn_labels(fig, panels["plugin"])] == ["+nothing", "+crop"]
+    assert panels["plugin"].get_xlabel() == "plugin\n(each has cosine,dropout,weight-decay)"
+    assert [t for t, _ in drawn_labels(fig, panels[short])] == ["0.1"]
+    # identical grid points are spread apart, and counted
+    xs = [tuple(c.get_offsets()[0]) for c in panels["lr"].collections if str(c.get_gid()).startswith("trial")]
+    assert len(xs) == 12 and len(set(xs)) == 12
+    assert sorted(a.get_text() for a in panels["lr"].texts) == ["n=6", "n=6"]
+    assert len([c for c in panels["lr"].collections if c.get_gid() == "best"]) == 1
+    for ax in fig.axes:
+        assert not overlaps(drawn_labels(fig, ax)), ax.get_xlabel()
+
+
+def test_many_long_categories_do_not_overlap(tmp_path: Path) -> None:
+    values = [f"choice-with-a-rather-long-name-{i}" for i in range(40)]
+    spec = spec_of(tmp_path, method="grid", parameters={"optimizer": {"values": values}, "lr": {"values": [0.1, 0.2]}})
+    trials = [trial(i + 1, {"optimizer": v, "lr": 0.1}, 0.5 + i / 100) for i, v in enumerate(values)]
+    fig = figures(spec, trials)["scatter"]
+    fig.canvas.draw()
+    ax = next(a for a in fig.axes if a.get_xlabel() == "optimizer")
+    labels = drawn_labels(fig, ax)
+    assert 5 <= len(labels) < 40 and not overlaps(labels)  # thinned to what fits
+    assert all(len(text) <= 18 and "…" in text for text, _ in labels)
+
+
+def test_parallel_coordinates_one_line_per_trial_coloured_by_the_metric(grid_sweep: Any) -> None:
+    spec, trials = grid_sweep
+    fig = figures(spec, trials)["parallel"]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    lines = [line for line in ax.get_lines() if str(line.get_gid()).startswith("trial")]
+    scored = [t for t in trials if t["status"] != "failed"]
+    assert sorted(line.get_gid() for line in lines) == sorted(f"trial {t['number']}" for t in scored)
+    names = [t for t, _ in drawn_labels(fig, ax)]
+    assert names[0] == "lr" and names[-1] == "val/accuracy" and len(names) == 7  # 6 varying parameters + metric
+    assert all(len(part) <= AXIS_CHARS for name in names for part in name.split("\n"))
+    assert not overlaps(drawn_labels(fig, ax))
+    # one vertical position per parameter and the metric; colour follows the metric
+    assert all(len(line.get_xdata()) == 7 for line in lines)
+    colour = {line.get_gid(): line.get_color() for line in lines}
+    best, worst = max(scored, key=lambda t: t["metric"]), min(scored, key=lambda t: t["metric"])
+    assert colour[f"trial {best['number']}"] != colour[f"trial {worst['number']}"]
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "val/accuracy"  # the colour bar
+    stopped = next(line for line in lines if line.get_gid() == "trial 3")
+    assert stopped.get_linestyle() == "--"
+    # the values written along each axis do not overlap either
+    renderer = fig.canvas.get_renderer()
+    texts = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts]
+    assert {"+nothing", "+crop", "0.01", "0.1"} <= {t for t, _ in texts}
+    assert not overlaps(texts)
+
+
+def test_nothing_to_draw_gives_no_figures(tmp_path: Path) -> None:
+    spec = spec_of(tmp_path, method="grid", parameters={"lr": {"values": [0.1, 0.2]}})
+    assert figures(spec, [{**trial(1, {"lr": 0.1}, 0.0), "status": "failed", "metric": None}]) == {}
 
 
 # --- the sweep extra -----------------------------------------------------------------------
