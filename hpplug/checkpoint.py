@@ -387,6 +387,14 @@ class StopRequests:
                     pass
         return self
 
+    @staticmethod
+    def _too_late(signum: int, frame: Any) -> None:
+        """A stop request once training is over: nothing is left to stop."""
+
     def __exit__(self, *exc: Any) -> None:
+        stop = getattr(signal, "SIGUSR1", None)
         for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+            # SIGUSR1's default action would kill the run while it writes its record and closes
+            # its W&B run (a sweep polls, so its request can come that late). A handler, not
+            # SIG_IGN: processes this one starts later do not inherit it.
+            signal.signal(signum, self._too_late if signum == stop and previous == signal.SIG_DFL else previous)

@@ -24,6 +24,7 @@ from hpplug.sweep_spec import SweepSpec
 MAX_PARALLEL = 64
 # What a sweep folder may hold before its sweep.json exists (a runner killed at its start).
 _FRESH = ("sweep.lock", "logs")
+EXTRA = "'hpplug[sweep]'"  # the sweep engine is an extra of hpplug: training needs none of it
 
 
 def require_engine() -> None:
@@ -31,12 +32,13 @@ def require_engine() -> None:
     try:
         import sweeps
     except ImportError:
-        raise HpplugError("hpplug sweep needs W&B's sweep engine: pip install 'sweeps>=0.3' matplotlib") from None
+        raise HpplugError(f"hpplug sweep needs W&B's sweep engine, the 'sweep' extra of hpplug: "
+                          f"pip install {EXTRA}") from None
     from packaging.version import Version
 
     if Version(sweeps.__version__) < Version("0.3"):
         raise HpplugError(f"sweeps {sweeps.__version__} is installed; hpplug sweep needs sweeps>=0.3 "
-                          "(0.2 loses run history under pydantic 2): pip install -U 'sweeps>=0.3'")
+                          f"(0.2 loses run history under pydantic 2): pip install -U {EXTRA}")
 
 
 def check(path: str | Path, catalog: dict[str, Any]) -> SweepSpec:
@@ -159,8 +161,9 @@ def run_sweep(spec: SweepSpec, folder: Path, yaml_file: str, dry_run: bool, opti
         click.echo(f"trial {trial['number']}: " + shlex.join(argv) if trial else
                    f"no trial left to run ({runner.state.get('done') or 'grid exhausted'})")
         return
+    total = runner.total()
     click.echo(f"sweep {spec.sweep_id}: {spec.raw['method']} search on {spec.metric} ({spec.goal}), "
-               f"{runner.parallel} at a time; folder {folder}")
+               f"{'' if total is None else f'{total} trials, '}{runner.parallel} at a time; folder {folder}")
     code = runner.run()
     text, _ = sweep_report.write(spec, runner.state, folder)
     click.echo(text)

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
 from hpplug.atomic import write_atomic
 from hpplug.sweep_spec import SweepSpec, pretty_command
+from hpplug.sweep_trials import is_count
 
 RANKED = ("finished", "stopped")  # statuses whose metric is a real result
+PARALLEL = "parallel_coordinates.png"  # beside the plot: the parallel-coordinates view
 
 
 def searched(spec: SweepSpec) -> list[str]:
@@ -33,8 +36,84 @@ def show(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def settings(spec: SweepSpec, values: dict[str, Any]) -> list[str]:
+    """``name=value`` for each parameter that varies across the sweep and this trial uses."""
+    return [f"{name}={show(values[name])}" for name in searched(spec) if name in values]
+
+
+def fit(head: str, items: list[str], columns: int | None = None, wrap: bool = False, sep: str = "  ") -> list[str]:
+    """``head`` then ``items``, ``sep`` apart, in lines of at most ``columns`` characters
+    (the terminal's width by default): one line cut with an ellipsis, or with ``wrap`` the
+    items that do not fit continued on indented lines. The head itself is never cut."""
+    columns = columns or shutil.get_terminal_size().columns
+    lines = [head]
+    for item in items:
+        if len(lines[-1]) + len(sep) + len(item) <= columns:
+            lines[-1] += sep + item
+        elif not wrap:
+            room = columns - len(lines[-1]) - len(sep) - 1
+            if room > 0:
+                lines[-1] += f"{sep}{item[:room]}…"
+            break
+        else:
+            line = "    " + item
+            lines.append(line if len(line) <= columns else line[:columns - 1] + "…")
+    return lines
+
+
+def hyperband_reason(spec: SweepSpec, run: Any) -> str:
+    """Why W&B's hyperband stops ``run``, in the metric's own sign (the engine negates it
+    when maximizing) and from the run's own history (its ``early_terminate_info`` lines are
+    one list shared by every run, so their last line may be another run's)."""
+    info = getattr(run, "early_terminate_info", None) or {}
+    history = run.metric_history(spec.metric, filter_invalid=True)
+    passed = [(band, threshold) for band, threshold in zip(info.get("bands", []), info.get("thresholds", []))
+              if band <= len(history)]
+    if not passed or not history:
+        return "hyperband"
+    band, threshold = passed[-1]
+    maximize = spec.goal == "maximize"
+    threshold = -threshold if maximize else threshold
+    side = "below" if maximize else "above"
+    if (spec.raw.get("early_terminate") or {}).get("strict") is True:
+        return (f"{spec.metric} {show(float(history[band - 1]))} at step {band} is {side} {show(float(threshold))}, "
+                f"hyperband's threshold at step {band}")
+    best = max(history) if maximize else min(history)
+    return (f"best {spec.metric} {show(float(best))} in {len(history)} steps is {side} {show(float(threshold))}, "
+            f"hyperband's threshold at step {band}")
+
+
+def started_lines(spec: SweepSpec, trial: dict[str, Any]) -> list[str]:
+    """A trial announced as it starts: number, run id and the values that vary (wrapped)."""
+    return fit(f"trial {trial['number']} {trial['id']} {'started':<8}", settings(spec, trial["values"]), wrap=True)
+
+
+def stopping_lines(spec: SweepSpec, trial: dict[str, Any], run: Any) -> list[str]:
+    """The hyperband stop of a trial, with its own metric and the threshold (wrapped)."""
+    return fit(f"trial {trial['number']} {trial['id']}: stopping early (hyperband):",
+               hyperband_reason(spec, run).split(), wrap=True, sep=" ")
+
+
+def ended_line(spec: SweepSpec, trial: dict[str, Any], summary: dict[str, Any], done: int, total: int | None) -> str:
+    """One line for a trial that ended: number and run id (as announced), status, metric,
+    where a stopped one stopped (from its record), time, then the values, cut to fit."""
+    head = f"trial {trial['number']} {trial['id']} {trial['status']:<8}  {spec.metric}={show(trial['metric'])}"
+    if trial["status"] == "stopped" and all(is_count(summary.get(k)) for k in ("epochs_done", "updates")):
+        head += f"  at update {summary['updates']} ({summary['epochs_done']} epochs done)"
+    elif trial["status"] == "finished" and trial.get("stop_requested"):
+        head += "  (the stop request came after its training)"
+    took = trial["ended"] - (trial.get("launched") or trial["ended"])
+    progress = f"({took:.1f} s; {done}{'' if total is None else f'/{total}'} done)"
+    return fit(head, [progress, *settings(spec, trial["values"])])[0]
+
+
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_scored(trial: dict[str, Any]) -> bool:
+    """A trial with a real result: finished or stopped, with a finite metric."""
+    return trial["status"] in RANKED and is_number(trial.get("metric"))
 
 
 def ranked(spec: SweepSpec, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -42,7 +121,7 @@ def ranked(spec: SweepSpec, trials: list[dict[str, Any]]) -> list[dict[str, Any]
     sign = -1 if spec.goal == "maximize" else 1
 
     def key(t: dict[str, Any]) -> tuple[int, float, int]:
-        scored = t["status"] in RANKED and is_number(t.get("metric"))
+        scored = is_scored(t)
         return (0 if scored else 1, sign * t["metric"] if scored else 0.0, t["number"])
     return sorted(trials, key=key)
 
@@ -89,58 +168,12 @@ def summary(spec: SweepSpec, state: dict[str, Any], plot: Path | None) -> dict[s
     }
 
 
-def _numeric(values: list[Any]) -> bool:
-    return all(is_number(v) for v in values)
-
-
 def plot(spec: SweepSpec, trials: list[dict[str, Any]], path: Path) -> Path | None:
-    """Metric against each searched parameter, one subplot each; None when nothing to draw."""
-    scored = [t for t in trials if t["status"] in RANKED and is_number(t.get("metric"))]
-    params = searched(spec)
-    if not scored or not params:
-        return None
-    try:
-        import matplotlib
-    except ImportError:  # the table and summary.json do not need it
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Save the sweep's pictures (``sweep_plot``) beside ``path``; returns the main one
+    (the metric against each parameter), None when there is nothing to draw."""
+    from hpplug import sweep_plot
 
-    cols = min(3, len(params))
-    rows = math.ceil(len(params) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
-    best = best_trial(spec, trials)
-    for ax, name in zip(axes.flat, params):
-        used = [t for t in scored if name in t["values"]]
-        xs = [t["values"][name] for t in used]
-        ys = [t["metric"] for t in used]
-        declared = spec.parameters[name]
-        if _numeric(xs) and xs:
-            positions = xs
-            if "log" in str(declared.get("distribution", "")):
-                ax.set_xscale("log")
-        else:
-            order = [show(v) for v in declared.get("values", [])]
-            labels = order + sorted({show(x) for x in xs} - set(order))
-            positions = [labels.index(show(x)) for x in xs]
-            ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
-            ax.set_xlim(-0.5, len(labels) - 0.5)
-        for x, y, t in zip(positions, ys, used):
-            stopped = t["status"] == "stopped"
-            ax.scatter([x], [y], s=36, facecolors="none" if stopped else "C0", edgecolors="C0")
-            if best is not None and t["id"] == best["id"]:
-                ax.scatter([x], [y], s=160, marker="*", color="C3", zorder=3)
-        ax.set_xlabel(name)
-        ax.set_ylabel(spec.metric)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(params):]:
-        ax.axis("off")
-    fig.suptitle(f"sweep {spec.sweep_id}: {spec.metric} ({spec.goal}); hollow = stopped early, star = best",
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return sweep_plot.save(spec, trials, path.parent).get("scatter")
 
 
 def write(spec: SweepSpec, state: dict[str, Any], sweep_dir: Path) -> tuple[str, dict[str, Any]]:
@@ -158,7 +191,7 @@ def write(spec: SweepSpec, state: dict[str, Any], sweep_dir: Path) -> tuple[str,
             lines.append(f"  or: hpplug run --config {best_config}")
     else:
         lines.append(f"no trial has reported {spec.metric} yet")
-    lines.append(f"summary: {sweep_dir / 'summary.json'}" + (f"   plot: {png}" if png else ""))
+    lines.append(f"summary: {sweep_dir / 'summary.json'}" + (f"   plots: {png}  {png.parent / PARALLEL}" if png else ""))
     return "\n".join(lines), data
 
 
@@ -181,4 +214,5 @@ def write_best_config(record: str | None, sweep_dir: Path) -> Path | None:
     return None
 
 
-__all__ = ["best_trial", "write_best_config", "plot", "ranked", "searched", "summary", "table", "write"]
+__all__ = ["best_trial", "ended_line", "fit", "hyperband_reason", "plot", "ranked", "searched", "settings",
+           "started_lines", "stopping_lines", "summary", "table", "write", "write_best_config"]

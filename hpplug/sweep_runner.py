@@ -27,11 +27,11 @@ from typing import Any
 
 import click
 
-from hpplug import sweep_state
+from hpplug import sweep_report, sweep_state
 from hpplug.errors import HpplugError
 from hpplug.sweep_spec import SweepSpec, expand_command, trial_values
-from hpplug.sweep_trials import (Adopted, adopt, lock_sweep, metric_value, read_history, read_summary, signal_trainers,
-                                 start)
+from hpplug.sweep_trials import (Adopted, adopt, in_training, lock_sweep, metric_value, read_history, read_summary,
+                                 signal_trainers, start)
 
 UNFINISHED = ("pending", "starting", "running", "interrupted")  # trials a rerun picks up again
 MAX_FAILED_IN_A_ROW = 3  # like wandb agent, stop starting trials that all fail at once
@@ -201,6 +201,8 @@ class Runner:
         if trial["attempts"] > 1:
             how = "resuming from its checkpoint" if resume else "starting again"
             self.echo(f"trial {trial['number']} {trial['id']}: {how} (attempt {trial['attempts']})")
+        else:  # announced as wandb agent does: which trial, which run, which values
+            self.echo("\n".join(sweep_report.started_lines(self.spec, trial)))
 
     def finish(self, trial: dict[str, Any], exit_code: int | None, interrupted: bool = False) -> None:
         """Record how a trial ended, print its line, and check metric.target."""
@@ -234,14 +236,9 @@ class Runner:
         return cap if size is None else size if cap is None else min(size, cap)
 
     def report_trial(self, trial: dict[str, Any]) -> None:
-        from hpplug.sweep_report import show
-
         done = sum(t["status"] in ("finished", "stopped", "failed") for t in self.trials)
-        total = self.total()
-        params = "  ".join(f"{k}={show(v)}" for k, v in trial["values"].items())
-        took = trial["ended"] - (trial.get("launched") or trial["ended"])
-        self.echo(f"[{done}{'' if total is None else f'/{total}'}] trial {trial['number']} {trial['id']} {trial['status']:<8} "
-                  f"{self.spec.metric}={show(trial['metric'])}  {params}  ({took:.1f} s)")
+        summary = read_summary(Path(trial["record"]), trial.get("launched") or 0.0)
+        self.echo(sweep_report.ended_line(self.spec, trial, summary, done, self.total()))
         if trial["status"] == "failed":
             log = self.sweep_dir / "logs" / f"{trial['id']}.log"
             tail = log.read_text(errors="replace").strip().splitlines()[-4:] if log.exists() else []
@@ -275,14 +272,13 @@ class Runner:
                 self.echo(f"hyperband skipped this round: W&B's engine failed ({type(exc).__name__}: {exc})")
                 return
         by_id = {t["id"]: t for t in running}
-        for run in to_stop:
+        for run in to_stop:  # W&B's runs are named by trial id: map each back to its own trial
             trial = by_id.get(run.name)
-            if trial is None or trial.get("stop_requested") or not trial.get("pid"):
+            if trial is None or trial.get("stop_requested") or not trial.get("pid") or not in_training(trial):
                 continue
             signal_trainers(trial["pid"], signal.SIGUSR1)
             trial["stop_requested"] = True
-            reason = (run.early_terminate_info or {}).get("lines", ["hyperband"])[-1]
-            self.echo(f"trial {trial['number']} {trial['id']}: stopping early (hyperband) - {reason.strip()}")
+            self.echo("\n".join(sweep_report.stopping_lines(self.spec, trial, run)))
             self.save()
 
     # the loop --------------------------------------------------------------------------

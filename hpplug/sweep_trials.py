@@ -53,6 +53,26 @@ def metric_value(name: str, summary: dict[str, Any], history: list[dict[str, Any
     return float(logged[-1]) if logged else None
 
 
+def is_count(value: Any) -> bool:
+    """A whole number read from a record (a JSON ``true`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def in_training(trial: dict[str, Any]) -> bool:
+    """Whether the trial's process is inside its training loop, where a stop request
+    (SIGUSR1) stops it after the current update. Not before its first row of this attempt
+    (it is still setting up, and would die of the signal's default action), nor once it
+    logged its last epoch or its test results (too late: its training is over)."""
+    record_dir = Path(trial["record"])
+    since = (trial.get("launched") or 0.0) - 1.0
+    rows = [r for r in read_history(record_dir) if isinstance(r.get("time"), (int, float)) and r["time"] >= since]
+    if not rows or any(key.startswith("test/") for row in rows for key in row):
+        return False
+    epochs = (record.read_json(record_dir / record.CONFIG, tolerant=True) or {}).get("epochs")
+    done = [row["epoch"] for row in rows if is_count(row.get("epoch"))]
+    return not (is_count(epochs) and done and max(done) >= epochs)
+
+
 # --- trial processes -----------------------------------------------------------------------
 
 

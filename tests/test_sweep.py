@@ -156,25 +156,6 @@ def test_bayes_feeds_results_back(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.slow
-def test_hyperband_stops_a_bad_trial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_yaml(tmp_path / "hb.yaml", method="grid",
-                      early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2}, parameters={
-                          "epochs": {"value": 15}, "wandb_mode": {"value": "disabled"},
-                          "lr": {"values": [0.1, 0.2, 0.0001]}})
-    assert run_sweep(path, tmp_path / "sw") == 0
-    out = capsys.readouterr().out
-    good1, good2, bad = state(tmp_path / "sw")["trials"]
-    assert good1["status"] == good2["status"] == "finished"
-    assert record(good1, "summary.json")["epochs_done"] == record(good2, "summary.json")["epochs_done"] == 15
-    assert bad["status"] == "stopped" and bad["values"]["lr"] == 0.0001
-    summary = record(bad, "summary.json")
-    assert summary["status"] == "stopped" and summary["epochs_done"] < 15 and bad["exit_code"] == 0
-    assert f"trial 3 {bad['id']}: stopping early (hyperband)" in out
-    assert "stopped early" in (tmp_path / "sw" / "logs" / f"{bad['id']}.log").read_text()
-    assert bad["metric"] == epoch_rows(bad)[-1]["val/accuracy"] < 0.5
-
-
-@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_running_a_trial_twice(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Grid over epochs: trial 2 is the long one, interrupted while it trains.
