@@ -31,12 +31,12 @@ RECIPE = ["--dataset", "mnist", "--lr", "0.1", "--batch-size", "64", "--plugin",
           "--plugin", "normalize", "--normalize.mean", "0.5", "--normalize.std", "0.5"]
 METHODS: dict[str, list[str]] = {
     "ema": ["--plugin", "ema"],
-    "swa": ["--plugin", "swa"],
+    "swa": ["--plugin", "swa", "--swa.start", "0.4"],  # averages the ends of the last 3 of 5 epochs
     "mixup": ["--plugin", "mixup"],
     "cutmix": ["--plugin", "cutmix"],
     "cutout": ["--plugin", "cutout"],
     "grad-clip": ["--plugin", "grad-clip"],
-    "early-stopping": ["--plugin", "early-stopping", "--early-stopping.patience", "1"],
+    "early-stopping": ["--plugin", "early-stopping", "--early-stopping.patience", "2"],
     "sam": ["--plugin", "sam"],
 }
 
