@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import click
 import pluggy
 import torch
 from accelerate import Accelerator
@@ -197,7 +198,7 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
     """
     from hpplug import manager, notices, record
     from hpplug.config import with_environment
-    from hpplug.tracking import new_run_id, resolve_mode
+    from hpplug.tracking import new_run_id, opening_line, resolve_mode
 
     notices.new_run()
     mode = resolve_mode(config.wandb_mode)
@@ -216,6 +217,9 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
             overrides = _broadcast(accelerator, tracker.wandb_config())
             config, entries = apply_overrides(config, overrides)
             tracker.write_config(wandb_config(config, entries))
+        if accelerator.is_main_process:  # the values the run trains with, a sweep's included
+            config.num_processes = accelerator.num_processes
+            click.echo(opening_line(run_id, config, mode, resuming=resume_dir is not None))
         pm, plugins = manager.build(entries, config.plugin_params)
         loop = prepare(config, pm, plugins, accelerator, tracker, download=download)
         if resume_dir is not None:

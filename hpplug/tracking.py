@@ -93,6 +93,16 @@ def best_rule(key: str) -> str | None:
     return BEST.get(key.rsplit("/", 1)[-1].rsplit("_", 1)[-1])
 
 
+def opening_line(run_id: str, config: Any, mode: str, resuming: bool) -> str:
+    """The run's first line of its own: what trains on what, how, and where it is tracked."""
+    plugins = ", ".join(config.plugins) or "none"
+    processes = f" x {config.num_processes} processes" if config.num_processes > 1 else ""
+    accum = f" x {config.grad_accum} micro-batches" if config.grad_accum > 1 else ""
+    return (f"{'resuming run' if resuming else 'run'} {run_id}: {config.model} on {config.dataset}, plugins {plugins}; "
+            f"{config.optimizer} lr {config.lr:g}, batch {config.batch_size}{processes}{accum}, "
+            f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}; W&B {mode}")
+
+
 def closing_line(run_id: str, status: str, summary: dict[str, Any], record_dir: Path, kept: bool) -> str:
     """The run's last line: how it ended, its results, where its record is."""
     if kept:

@@ -101,3 +101,14 @@ def test_a_real_run_in_a_terminal_shows_loss_and_lr_throughout(tmp_path: Path) -
     later = [s for frame, s in zip(drawn, shown) if not frame.startswith("epoch 1/3:")]
     assert later and all(loss != "-" and lr == "0.1" for loss, lr, _ in later)  # epochs 2 and 3: always values
     assert re.search(r"epoch 3/3  train/loss [\d.]+ +val/loss", text)
+
+
+def test_a_run_opens_with_one_line_saying_what_trains_how(hpplug_cli, tmp_path: Path) -> None:
+    """The first seconds are not a blank screen: run id, model, data set, plugins, optimizer,
+    LR, batch, epochs and W&B mode, before the first epoch's line."""
+    code, out, err = hpplug_cli("run", "--plugin", "cosine", "--plugin", "dropout", "--lr", "0.05", "--batch-size", "32",
+                                "--epochs", "1", "--wandb-mode", "disabled", "--output-dir", str(tmp_path))
+    assert code == 0, err
+    (record,) = tmp_path.iterdir()
+    assert out.splitlines()[0] == (f"run {record.name}: mlp on digits, plugins cosine, dropout; sgd lr 0.05, batch 32, "
+                                   "1 epoch; W&B disabled")
