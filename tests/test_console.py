@@ -11,6 +11,7 @@ import re
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 import termios
 from pathlib import Path
 
@@ -43,14 +44,12 @@ def test_loss_and_lr_stay_in_the_bar_between_log_points_and_across_epochs() -> N
     screen = Terminal()
     make = EpochBar.factory(64, stream=screen)
     progress = Progress(update=0, epoch=0, updates_per_epoch=6, epochs=2)
-    for epoch in range(2):
-        with make(progress) as bar:
+    for epoch in range(2):  # the bar gets the (frozen) progress of its epoch's start, as from the loop
+        with make(replace(progress, epoch=epoch, update=6 * epoch)) as bar:
             for u in range(6):
-                progress.update += 1
                 bar.update(1)
                 if u in (2, 5):  # the loop reports at its log points only
                     bar.set_postfix(loss=f"{1.5 - epoch - u / 10:.4f}", lr=f"{0.1 / (epoch + 1):.3g}")
-            progress.epoch += 1
             bar.epoch_done({"train/loss": 1.25 - epoch, "lr": 0.1 / (epoch + 1), "val/accuracy": 0.5})
     drawn = [postfix(frame) + (frame[:9],) for frame in frames(screen.getvalue())]
     assert len({width for _, _, width, _ in drawn}) == 1, drawn  # one width: nothing jumps
@@ -69,7 +68,6 @@ def test_no_terminal_no_bar_only_the_epoch_lines() -> None:
     with EpochBar.factory(8, stream=stream)(progress) as bar:
         bar.update(2)
         bar.set_postfix(loss="0.5", lr="0.1")
-        progress.epoch = 1
         bar.epoch_done({"train/loss": 0.5, "lr": 0.1})
     assert stream.getvalue() == "epoch 1/1  train/loss 0.5  lr 0.1\n"
 
