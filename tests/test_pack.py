@@ -31,10 +31,12 @@ from hpplug.wandb_file import find_run_files, read_run
 VOLATILE = {"time", "train/samples_per_s"}  # wall-clock values
 
 
-def member(out: Path, run_id: str, plugins=(), params=None, resume=None, **core):
-    """A member as run_pack takes it (what hpplug.cli.build_config makes of options)."""
+def member(out: Path, run_id: str, plugins=(), params=None, resume=None, hidden=64, **core):
+    """A member as run_pack takes it (what hpplug.cli.build_config makes of options); a
+    smaller MLP than the seed recipe's unless ``hidden`` says otherwise (quicker)."""
     options = {"epochs": 1, "wandb_mode": "disabled", "output_dir": str(out), "log_every": 5, **core}
-    config, entries = build_config(discovery.discover(), list(plugins), params or {}, options)
+    params = {**({"mlp": {"hidden": hidden}} if core.get("model", "mlp") == "mlp" else {}), **(params or {})}
+    config, entries = build_config(discovery.discover(), list(plugins), params, options)
     return config, entries, run_id, resume
 
 
@@ -249,7 +251,7 @@ def test_which_trials_share_a_pack(tmp_path, plugins, monkeypatch):
         "batch_size": [m("a"), m("b", batch_size=32)],
         "epochs": [m("a"), m("b", epochs=2)],
         "optimizer": [m("a"), m("b", optimizer="adam")],
-        "the model's parameters": [m("a"), member(tmp_path, "b", [], {"mlp": {"hidden": 8}})],
+        "the model's parameters": [m("a"), m("b", hidden=8)],
         "the plugins that change the model": [m("a", ["dropout"]), m("b")],
         "unpacked": [m("a", ["unpacked"])],
         "driver": [m("a", ["driver"])],
@@ -274,7 +276,7 @@ def test_a_pack_trains_each_member_as_it_trains_alone(tmp_path, monkeypatch):
     """Three members with different LRs, dropout p and seeds, a schedule, weight decay and
     label smoothing on some: each trains as engine.run trains it, and is a complete run:
     its record, its offline W&B run (config and history keys as alone), its checkpoint."""
-    common = {"epochs": 2, "log_every": 1, "wandb_mode": "offline", "checkpoint_every": "1epoch"}
+    common = {"epochs": 2, "log_every": 1, "wandb_mode": "offline", "checkpoint_every": "1epoch", "hidden": 500}
     specs = lambda out: [  # noqa: E731
         member(out, "lrhigh", ["dropout"], {"dropout": {"p": 0.5}}, lr=0.2, seed=1, **common),
         member(out, "sched", ["dropout", "cosine", "weight-decay", "crop"], {"dropout": {"p": 0.2}, "crop": {"padding": 1}},

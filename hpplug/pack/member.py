@@ -71,6 +71,7 @@ class Member:
         self.opened = False
         self.plugins: dict[str, Plugin] = {}
         self.loop: Loop = None  # type: ignore[assignment]  # set by prepare()
+        self.module: torch.nn.Module = None  # type: ignore[assignment]
         self.rng = MemberRng(device)
         self.lr = 0.0  # the LR of the last update, as hpplug.loop logs it
         self.final: dict[str, Any] = {}
@@ -99,6 +100,9 @@ class Member:
         """Seed, build and adjust the model, build the optimizer (``engine.prepare``), then
         load the checkpoint when resuming; the member's generators are what remains."""
         self.loop = engine.prepare(self.config, self.pm, self.plugins, accelerator, self.tracker, data=data)
+        # What hooks get as the model; asked of Accelerate once (unwrap_model looks for
+        # DeepSpeed on every call, about a millisecond).
+        self.module = self.loop.module
         if self.resume_dir is not None:
             checkpoint.restore(self.loop, self.resume_dir)
         self.rng.capture()

@@ -29,7 +29,7 @@ class Pack:
                  autocast: Callable[[], Any]) -> None:
         self.members = members
         self.data, self.device = data, accelerator.device
-        self.stack = Stack([m.loop.module for m in members], autocast)
+        self.stack = Stack([m.module for m in members], autocast)
         self.optimizer = PackedOptimizer(members[0].config.optimizer, self.stack, [m.loop.optimizer for m in members])
         self.window = self.epoch_sums = torch.zeros(0)
         self._link_sums()
@@ -63,7 +63,7 @@ class Pack:
             member.finish(*member.exit)  # type: ignore[misc]
         self.members = [m for m in self.members if m.exit is None]
         if self.members:
-            self.stack.link([m.loop.module for m in self.members])
+            self.stack.link([m.module for m in self.members])
             self.optimizer.link([m.loop.optimizer for m in self.members])
             self._link_sums()
 

@@ -35,7 +35,7 @@ def fit(pack: Pack, show_progress: bool) -> None:
         if not m.loop.state.trained:
             with pack.own(m):
                 m.loop.model.train()
-                m.loop.hook.hpplug_train_start(model=m.loop.module, progress=m.loop.progress, config=m.loop.config)
+                m.loop.hook.hpplug_train_start(model=m.module, progress=m.loop.progress, config=m.loop.config)
     pack.settle()
     while pack.members:
         end_training(pack, [m for m in pack.members if m.done_training])
@@ -79,7 +79,7 @@ def end_training(pack: Pack, leaving: list[Member]) -> None:
     for m in leaving:
         if not m.loop.state.trained:
             with pack.own(m):
-                m.loop.hook.hpplug_train_end(model=m.loop.module, progress=m.loop.progress,
+                m.loop.hook.hpplug_train_end(model=m.module, progress=m.loop.progress,
                                              train_inputs=lambda loop=m.loop: train_inputs(loop))
                 m.loop.state.trained = True
                 if m.loop.every:
@@ -239,13 +239,13 @@ def update(pack: Pack, feeds: dict[int, Iterator[Any]], size: int) -> None:
         pack.window[:, 2] += logits.shape[1]
     for m in members:
         with pack.own(m):
-            m.loop.hook.hpplug_before_optimizer_step(model=m.loop.module, progress=m.loop.progress)
+            m.loop.hook.hpplug_before_optimizer_step(model=m.module, progress=m.loop.progress)
     pack.optimizer.step()
     pack.stack.zero_grad()
     for m in members:
         m.loop.state.count_update()
         with pack.own(m):
-            m.loop.hook.hpplug_after_optimizer_step(model=m.loop.module, progress=m.loop.progress)
+            m.loop.hook.hpplug_after_optimizer_step(model=m.module, progress=m.loop.progress)
 
 
 def _losses(pack: Pack, logits: torch.Tensor, targets: torch.Tensor,
@@ -269,7 +269,7 @@ def evaluate(pack: Pack, members: list[Member], source: Source, split: str, metr
     for m in members:
         m.loop.model.eval()
         with pack.own(m):
-            m.loop.hook.hpplug_evaluation_start(model=m.loop.module, split=split, progress=m.loop.progress)
+            m.loop.hook.hpplug_evaluation_start(model=m.module, split=split, progress=m.loop.progress)
     members = [m for m in members if m.exit is None]
     if members:
         rows = [pack.members.index(m) for m in members]
@@ -298,6 +298,6 @@ def evaluate(pack: Pack, members: list[Member], source: Source, split: str, metr
                                f"{split}/samples": int(count)})
     for m in members:
         with pack.own(m):
-            m.loop.hook.hpplug_evaluation_end(metrics=MappingProxyType(metrics[m]), model=m.loop.module, split=split,
+            m.loop.hook.hpplug_evaluation_end(metrics=MappingProxyType(metrics[m]), model=m.module, split=split,
                                               progress=m.loop.progress)
         m.loop.model.train()
