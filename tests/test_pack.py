@@ -28,7 +28,7 @@ from hpplug.pack.optim import PackedOptimizer
 from hpplug.pack.stack import Stack
 from hpplug.wandb_file import find_run_files, read_run
 
-VOLATILE = {"time", "train/samples_per_s"}  # wall-clock values
+VOLATILE = {"time", "train/samples_per_s", "train/time_s"}  # wall-clock values
 
 
 def member(out: Path, run_id: str, plugins=(), params=None, resume=None, hidden=64, **core):
@@ -78,15 +78,16 @@ def assert_trains_alike(packed, single, updates_per_epoch: int) -> None:
 
 
 class Requester(Plugin):
-    """Writes the stop-request file into another member's record, as a sweep runner would."""
+    """Writes the stop-request file into other members' records, as a sweep runner would."""
 
     packable = True
-    params = {"record": Param(str, "", "record to stop"), "at": Param(int, 0, "update")}
+    params = {"records": Param(str, "", "records to stop, os.pathsep between"), "at": Param(int, 0, "update")}
 
     @hookimpl
     def hpplug_after_optimizer_step(self, model, progress):
-        if progress.update == self.at and Path(self.record).is_dir():
-            Path(self.record, STOP_REQUEST).write_text("hyperband\n")
+        for record in self.records.split(os.pathsep) if progress.update == self.at else ():
+            if Path(record).is_dir():
+                Path(record, STOP_REQUEST).write_text("hyperband\n")
 
 
 class Stopper(Plugin):
@@ -106,6 +107,15 @@ class Boom(Plugin):
     def hpplug_after_optimizer_step(self, model, progress):
         if progress.update == self.at:
             raise RuntimeError("boom")
+
+
+class Fussy(Plugin):
+    packable = True
+
+    @hookimpl
+    def hpplug_transform_batch(self, batch, progress):
+        if batch.train and progress.update == 3:
+            raise ValueError("fussy")
 
 
 class Signaller(Plugin):
@@ -159,7 +169,7 @@ class Driver(Plugin):
 @pytest.fixture
 def plugins(hpplug_register):
     for name, cls in [("requester", Requester), ("stopper", Stopper), ("boom", Boom), ("signaller", Signaller),
-                      ("doubler", Doubler), ("normnet", NormNet), ("unpacked", Unpacked), ("driver", Driver)]:
+                      ("doubler", Doubler), ("fussy", Fussy), ("normnet", NormNet), ("unpacked", Unpacked), ("driver", Driver)]:
         hpplug_register(name, cls)
 
 
@@ -306,18 +316,19 @@ def test_a_pack_trains_each_member_as_it_trains_alone(tmp_path, monkeypatch):
 
 
 def test_one_member_stops_early_and_the_others_go_on(tmp_path, plugins, monkeypatch):
-    """A stop-request file (a sweep's hyperband) stops one member at its next log point, a
-    plugin's hpplug_should_stop another after its epoch, a failing plugin a third; the
-    member without any trains exactly as alone."""
+    """A stop-request file (a sweep's hyperband) stops a member at its next log point (or
+    epoch end, with no log point before), a plugin's hpplug_should_stop another after its
+    epoch, a failing plugin a third; the member without any trains exactly as alone."""
     out = tmp_path / "pack"
-    specs = lambda out, target: [  # noqa: E731
-        member(out, "free", ["requester", "dropout"], {"requester": {"record": str(target), "at": 12}},
+    specs = lambda out, targets: [  # noqa: E731
+        member(out, "free", ["requester", "dropout"], {"requester": {"records": targets, "at": 12}},
                lr=0.2, epochs=2),
         member(out, "hyper", ["dropout"], lr=0.1, seed=3, epochs=2),
         member(out, "patient", ["stopper", "cosine", "dropout"], {"stopper": {"after": 1}}, lr=0.05, epochs=2),
         member(out, "broken", ["boom", "dropout"], {"boom": {"at": 7}}, epochs=2),
+        member(out, "late", ["dropout"], lr=0.1, epochs=2, log_every=50),
     ]
-    free, hyper, patient, broken = run_pack(specs(out, out / "hyper"))
+    free, hyper, patient, broken, late = run_pack(specs(out, os.pathsep.join(str(out / r) for r in ("hyper", "late"))))
     assert free.status == "finished" and free.summary["updates"] == 42
     assert hyper.status == "stopped" and hyper.summary["updates"] == 15, "the log point after the request"
     assert STOP_REQUEST in hyper.summary["stop_reason"] and not (out / "hyper" / STOP_REQUEST).exists()
@@ -327,11 +338,26 @@ def test_one_member_stops_early_and_the_others_go_on(tmp_path, plugins, monkeypa
     assert broken.status == "failed" and broken.summary["error_plugin"] == "boom"
     assert "boom" in broken.summary["error"] and broken.summary["updates"] == 7
     assert summary(broken.record_dir)["status"] == "failed"
-    single = {r.run_id: r for r in (alone(s, tmp_path / "alone", monkeypatch) for s in specs(tmp_path / "alone", tmp_path / "none")[:3])}
+    assert late.status == "stopped" and late.summary["updates"] == 21 and "test/accuracy" not in late.summary
+    assert [r["step"] for r in rows(late.record_dir)] == [21] and "val/accuracy" in late.summary
+    single = {r.run_id: r for r in (alone(s, tmp_path / "alone", monkeypatch)
+                                    for s in specs(tmp_path / "alone", str(tmp_path / "none"))[:3])}
     assert_trains_alike(free.record_dir, single["free"].record_dir, updates_per_epoch=21)
     assert_trains_alike(patient.record_dir, single["patient"].record_dir, updates_per_epoch=21)
     cut = [r for r in rows(single["hyper"].record_dir) if r["step"] <= 15 and "train/accuracy" not in r]
     assert [r["train/loss"] for r in rows(hyper.record_dir)] == pytest.approx([r["train/loss"] for r in cut], rel=1e-4)
+
+
+def test_a_transform_failing_mid_update_ends_its_member_only(tmp_path, plugins, monkeypatch):
+    """Two micro-batches per update: the failing member computes on the other's batch until
+    the update ends, then leaves; the other trains exactly as alone."""
+    specs = lambda out: [member(out, "ok", ["dropout"], grad_accum=2, log_every=1),  # noqa: E731
+                         member(out, "fussy", ["fussy", "dropout"], grad_accum=2, log_every=1)]
+    ok, fussy = run_pack(specs(tmp_path / "pack"))
+    assert (ok.status, ok.summary["updates"]) == ("finished", 11)
+    assert (fussy.status, fussy.summary["error_plugin"], fussy.summary["updates"]) == ("failed", "fussy", 3)
+    assert_trains_alike(ok.record_dir, alone(specs(tmp_path / "alone")[0], tmp_path / "alone", monkeypatch).record_dir,
+                        updates_per_epoch=11)
 
 
 def test_what_the_members_share_failing_fails_each_run_in_one_line(tmp_path, plugins):
@@ -375,12 +401,13 @@ def in_child(function) -> int:
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-def kill_specs(out: Path) -> list:
+def kill_specs(out: Path, early: bool = False) -> list:
+    """Three members; with ``early``, a fourth that stops after its first epoch (update 21)."""
     common = {"epochs": 2, "log_every": 4, "checkpoint_every": "10"}
     return [member(out, "a", ["signaller", "dropout"], lr=0.2, seed=1, **common),
             member(out, "b", ["signaller", "cosine", "dropout"], {"dropout": {"p": 0.3}}, lr=0.1, seed=2, **common),
             member(out, "c", ["signaller", "label-smoothing", "dropout"], lr=0.05, seed=1, optimizer="sgd", momentum=0.9,
-                   **common)]
+                   **common)] + ([member(out, "d", ["stopper", "dropout"], lr=0.3, **common)] if early else [])
 
 
 def weights(record) -> dict[str, torch.Tensor]:
@@ -392,13 +419,20 @@ def weights(record) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 @pytest.mark.parametrize("kill", ["update", "between-saves"])
 def test_a_killed_pack_resumes_to_the_uninterrupted_result(tmp_path, plugins, monkeypatch, kill):
-    """SIGKILL after update 35 (every member's checkpoint at 30), or in the middle of the
-    checkpoints at update 30 (two members saved, the third's last is at 21): nothing
-    finished is lost and the resumed members end as the uninterrupted pack did."""
-    assert in_child(lambda: run_pack(kill_specs(tmp_path / "base"))) == 0
+    """SIGKILL after update 35 (every member's checkpoint at 30; a fourth member had stopped
+    at 21), or in the middle of the checkpoints at update 30 (two members saved, the third's
+    last is at 21): nothing finished is lost and the resumed members end as the
+    uninterrupted pack did."""
+    early = kill == "update"
+    assert in_child(lambda: run_pack(kill_specs(tmp_path / "base", early))) == 0
     monkeypatch.setenv(*(("PACK_TEST_SIGNAL_AT", "35") if kill == "update" else ("PACK_TEST_KILL_AT_SAVE", "12")))
     monkeypatch.setenv("PACK_TEST_SIGNAL", str(int(signal.SIGKILL)))
-    assert in_child(lambda: run_pack(kill_specs(tmp_path / "cut"))) == -signal.SIGKILL
+    assert in_child(lambda: run_pack(kill_specs(tmp_path / "cut", early))) == -signal.SIGKILL
+    if early:  # finished before the kill: its record is complete
+        cut, base = (summary(tmp_path / run / "d") for run in ("cut", "base"))
+        assert cut["status"] == "stopped" and cut["updates"] == 21 and "test/accuracy" in cut
+        assert {k: v for k, v in cut.items() if k not in VOLATILE} == {k: v for k, v in base.items() if k not in VOLATILE}
+        assert rows(tmp_path / "cut" / "d") == rows(tmp_path / "base" / "d")
     saved = {r: json.loads((tmp_path / "cut" / r / "checkpoint" / "loop.json").read_text())["update"] for r in "abc"}
     assert saved == ({"a": 30, "b": 30, "c": 30} if kill == "update" else {"a": 30, "b": 30, "c": 21})
     assert not any((tmp_path / "cut" / r / "summary.json").exists() for r in "abc")

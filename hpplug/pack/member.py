@@ -7,9 +7,9 @@ and its random numbers (:mod:`hpplug.pack.rng`). Only the forward, backward and 
 shared (:mod:`hpplug.pack.train`).
 
 Early termination from outside: a file ``<record>/stop-request`` (any content), written by
-a sweep runner, stops the member at its next log point (every ``--log-every`` updates), as
-SIGUSR1 stops a run alone: status ``stopped``, its summary says at which update; the file
-is removed once the record is closed.
+a sweep runner, stops the member at its next log point (every ``--log-every`` updates) or
+epoch end, as SIGUSR1 stops a run alone: status ``stopped``, no ``hpplug_train_end`` and no
+test, its summary says at which update; the file is removed once the record is closed.
 """
 
 from __future__ import annotations
@@ -122,8 +122,11 @@ class Member:
         with self.rng.installed():
             self.loop.save_checkpoint()
 
-    def stop_requested(self) -> bool:
-        return (self.tracker.record_dir / STOP_REQUEST).exists()
+    def honour_stop_request(self) -> None:
+        """Leave the pack, stopped, if a sweep runner asked (a ``stop-request`` file)."""
+        if self.exit is None and (self.tracker.record_dir / STOP_REQUEST).exists():
+            self.loop.state.stop_reason = STOPPED_BY_FILE
+            self.leave("stopped")
 
     def leave(self, status: str, error: BaseException | None = None) -> None:
         """Mark the member to leave the pack (the first reason counts)."""

@@ -22,7 +22,7 @@ from hpplug.console import EpochBar, format_metrics
 from hpplug.feed import Source
 from hpplug.loop import (Stopped, _mean, _stop_reason, _with_index, epoch_order, micro_batches, set_lr,
                          train_inputs)
-from hpplug.pack.member import STOPPED_BY_FILE, Member
+from hpplug.pack.member import Member
 from hpplug.pack.packed import Pack
 from hpplug.plugin import Batch
 
@@ -51,8 +51,11 @@ def fit(pack: Pack, show_progress: bool) -> None:
             if pack.data.val is not None and pack.members:
                 evaluate(pack, pack.members, pack.data.val, "val", metrics)
             for m in pack.members:
-                with pack.own(m):
-                    epoch_end(m, metrics[m], show_progress)
+                if m.exit is None:  # a member whose evaluation failed ends without this epoch
+                    with pack.own(m):
+                        epoch_end(m, metrics[m], show_progress)
+                if not m.done_training:
+                    m.honour_stop_request()
         pack.settle()
 
 
@@ -170,9 +173,8 @@ def after_update(pack: Pack, start: float) -> float:
                 m.save()
         start = time.perf_counter()
     for m in pack.members:
-        if m.loop.progress.update % m.config.log_every == 0 and m.exit is None and m.stop_requested():
-            m.loop.state.stop_reason = STOPPED_BY_FILE
-            m.leave("stopped")
+        if m.loop.progress.update % m.config.log_every == 0:
+            m.honour_stop_request()
     return start
 
 
@@ -206,46 +208,54 @@ def _labels(targets: torch.Tensor) -> torch.Tensor:
 
 
 def update(pack: Pack, feeds: dict[int, Iterator[Any]], size: int) -> None:
-    """One optimizer update of every member (``hpplug.step.train_update``), ``size`` samples each."""
-    lead = pack.members[0].loop
-    accum, step_no = lead.config.grad_accum, lead.progress.update
-    raw = {seed: [next(feed) for _ in range(accum)] for seed, feed in feeds.items()
-           if any(m.config.seed == seed for m in pack.members)}
-    batches: dict[Member, list[Batch]] = {}
-    for group in _groups(pack.members, train=True).values():
-        loop = group[0].loop  # the group's transforms are its first member's
-        loop.batch_generator.manual_seed(loop.config.seed * 1_000_003 + step_no * 131 + loop.accelerator.process_index)
-        made = []
-        with pack.own(*group):
-            for x, y, index in raw[loop.config.seed]:
-                batch = Batch(pack.data.train.inputs(x), y, True, loop.batch_generator, index=index,
-                              num_classes=pack.data.num_classes)
+    """One optimizer update of every member (``hpplug.step.train_update``), ``size`` samples
+    each; each micro-batch through the transforms, the forward, the loss and the backward
+    before the next one is transformed. A member whose plugin fails here still computes on
+    another's batch until the update ends (the stack cannot shrink while gradients
+    accumulate), then leaves."""
+    members = pack.members
+    lead = members[0].loop
+    groups = list(_groups(members, train=True).values())
+    for group in groups:  # the group's transforms, and their generator, are its first member's
+        loop = group[0].loop
+        loop.batch_generator.manual_seed(loop.config.seed * 1_000_003 + lead.progress.update * 131
+                                         + loop.accelerator.process_index)
+    seeds = {m.config.seed for m in members}
+    for _ in range(lead.config.grad_accum):
+        raw = {seed: next(feed) for seed, feed in feeds.items() if seed in seeds}
+        made: dict[Member, Batch] = {}
+        for group in groups:
+            loop = group[0].loop
+            x, y, index = raw[loop.config.seed]
+            batch = Batch(pack.data.train.inputs(x), y, True, loop.batch_generator, index=index,
+                          num_classes=pack.data.num_classes)
+            with pack.own(*group):
                 loop.hook.hpplug_transform_batch(batch=batch, progress=loop.progress)
                 batch.x, batch.y = batch.x.to(pack.device, non_blocking=True), batch.y.to(pack.device, non_blocking=True)
-                made.append(batch)
-        batches.update((m, made) for m in group)
-    pack.settle()
-    members = pack.members
-    if not members:
-        return
-    for i in range(accum):
-        x, y, shared = _assemble(members, lambda m: batches[m][i])
+                made.update((m, batch) for m in group)
+        if not made:
+            return  # every member failed: none trains on
+        spare = next(iter(made.values()))
+        batch_of: Callable[[Member], Batch] = lambda m: made.get(m, spare)  # noqa: E731
+        x, y, shared = _assemble(members, batch_of)
         masks = pack.stack.masks([m.rng.generator for m in members], x, shared)
         logits = pack.stack.forward(x, shared, masks)
-        losses = _losses(pack, logits, y, lambda m: batches[m][i])
+        losses = _losses(pack, logits, y, batch_of)
         (losses.sum() * (1 / size)).backward()
         pack.window[:, 0] += losses.detach().sum(1).float()
         pack.window[:, 1] += (logits.detach().argmax(-1) == _labels(y)).sum(1)
         pack.window[:, 2] += logits.shape[1]
     for m in members:
-        with pack.own(m):
-            m.loop.hook.hpplug_before_optimizer_step(model=m.module, progress=m.loop.progress)
+        if m.exit is None:
+            with pack.own(m):
+                m.loop.hook.hpplug_before_optimizer_step(model=m.module, progress=m.loop.progress)
     pack.optimizer.step()
     pack.stack.zero_grad()
     for m in members:
-        m.loop.state.count_update()
-        with pack.own(m):
-            m.loop.hook.hpplug_after_optimizer_step(model=m.module, progress=m.loop.progress)
+        if m.exit is None:  # a member that failed before the step ends without it, as alone
+            m.loop.state.count_update()
+            with pack.own(m):
+                m.loop.hook.hpplug_after_optimizer_step(model=m.module, progress=m.loop.progress)
 
 
 def _losses(pack: Pack, logits: torch.Tensor, targets: torch.Tensor,
@@ -257,8 +267,9 @@ def _losses(pack: Pack, logits: torch.Tensor, targets: torch.Tensor,
     losses = []
     for k, m in enumerate(members):
         batch, own = batch_of(m), None
-        with pack.own(m):
-            own = m.loop.hook.hpplug_loss(logits=logits[k], targets=batch.y, batch=batch)
+        if m.exit is None:
+            with pack.own(m):
+                own = m.loop.hook.hpplug_loss(logits=logits[k], targets=batch.y, batch=batch)
         losses.append(own if own is not None else F.cross_entropy(logits[k], batch.y, reduction="none"))
     return torch.stack(losses)
 
