@@ -169,7 +169,8 @@ class Driver(Plugin):
 @pytest.fixture
 def plugins(hpplug_register):
     for name, cls in [("requester", Requester), ("stopper", Stopper), ("boom", Boom), ("signaller", Signaller),
-                      ("doubler", Doubler), ("fussy", Fussy), ("normnet", NormNet), ("unpacked", Unpacked), ("driver", Driver)]:
+                      ("doubler", Doubler), ("fussy", Fussy), ("normnet", NormNet), ("unpacked", Unpacked),
+                      ("driver", Driver)]:
         hpplug_register(name, cls)
 
 
@@ -289,8 +290,8 @@ def test_a_pack_trains_each_member_as_it_trains_alone(tmp_path, monkeypatch):
     common = {"epochs": 2, "log_every": 1, "wandb_mode": "offline", "checkpoint_every": "1epoch", "hidden": 500}
     specs = lambda out: [  # noqa: E731
         member(out, "lrhigh", ["dropout"], {"dropout": {"p": 0.5}}, lr=0.2, seed=1, **common),
-        member(out, "sched", ["dropout", "cosine", "weight-decay", "crop"], {"dropout": {"p": 0.2}, "crop": {"padding": 1}},
-               lr=0.05, momentum=0.9, seed=2, **common),
+        member(out, "sched", ["dropout", "cosine", "weight-decay", "crop"],
+               {"dropout": {"p": 0.2}, "crop": {"padding": 1}}, lr=0.05, momentum=0.9, seed=2, **common),
         member(out, "smooth", ["dropout", "label-smoothing"], {"dropout": {"p": 0.0}}, lr=0.1, seed=1, **common),
     ]
     packed = run_pack(specs(tmp_path / "pack"))
@@ -306,7 +307,7 @@ def test_a_pack_trains_each_member_as_it_trains_alone(tmp_path, monkeypatch):
         assert (Path(p.record_dir) / "checkpoint" / "manifest.json").is_file()
     runs = {f.name: read_run(f) for f in find_run_files(tmp_path / "pack" / "wandb")}
     alone_runs = {f.name: read_run(f) for f in find_run_files(tmp_path / "alone" / "wandb")}
-    assert sorted(runs) == sorted(alone_runs) == [f"run-{r.run_id}.wandb" for r in sorted(packed, key=lambda r: r.run_id)]
+    assert sorted(runs) == sorted(alone_runs) == sorted(f"run-{r.run_id}.wandb" for r in packed)
     for name, run in runs.items():
         other = alone_runs[name]
         assert {k: v for k, v in run.config.items() if k != "output_dir"} == \
@@ -406,8 +407,8 @@ def kill_specs(out: Path, early: bool = False) -> list:
     common = {"epochs": 2, "log_every": 4, "checkpoint_every": "10"}
     return [member(out, "a", ["signaller", "dropout"], lr=0.2, seed=1, **common),
             member(out, "b", ["signaller", "cosine", "dropout"], {"dropout": {"p": 0.3}}, lr=0.1, seed=2, **common),
-            member(out, "c", ["signaller", "label-smoothing", "dropout"], lr=0.05, seed=1, optimizer="sgd", momentum=0.9,
-                   **common)] + ([member(out, "d", ["stopper", "dropout"], lr=0.3, **common)] if early else [])
+            member(out, "c", ["signaller", "label-smoothing", "dropout"], lr=0.05, seed=1, momentum=0.9, **common)] \
+        + ([member(out, "d", ["stopper", "dropout"], lr=0.3, **common)] if early else [])
 
 
 def weights(record) -> dict[str, torch.Tensor]:
@@ -431,7 +432,8 @@ def test_a_killed_pack_resumes_to_the_uninterrupted_result(tmp_path, plugins, mo
     if early:  # finished before the kill: its record is complete
         cut, base = (summary(tmp_path / run / "d") for run in ("cut", "base"))
         assert cut["status"] == "stopped" and cut["updates"] == 21 and "test/accuracy" in cut
-        assert {k: v for k, v in cut.items() if k not in VOLATILE} == {k: v for k, v in base.items() if k not in VOLATILE}
+        assert {k: v for k, v in cut.items() if k not in VOLATILE} == \
+            {k: v for k, v in base.items() if k not in VOLATILE}
         assert rows(tmp_path / "cut" / "d") == rows(tmp_path / "base" / "d")
     saved = {r: json.loads((tmp_path / "cut" / r / "checkpoint" / "loop.json").read_text())["update"] for r in "abc"}
     assert saved == ({"a": 30, "b": 30, "c": 30} if kill == "update" else {"a": 30, "b": 30, "c": 21})

@@ -9,25 +9,26 @@ member's slice of the stacked weights) and give what they give alone: they draw 
 from ``batch.generator`` only, change weights and gradients in place, and do not drive the
 optimizer step (``hpplug_optimizer_step`` is never packable: ``step.recompute()`` needs a
 model of its own).
-
-Deciding needs no torch: the sweep runner asks before it imports the engine.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
-
-if TYPE_CHECKING:
-    from hpplug.config import RunConfig
-    from hpplug.discovery import PluginEntry
+from typing import TYPE_CHECKING, Any
 
 # A file a sweep runner writes into a member's record to stop it early (hpplug.pack.member).
 STOP_REQUEST = "stop-request"
 
 # (config, entries, run id, record folder to resume or None): what hpplug.engine.run takes.
-MemberSpec = tuple["RunConfig", list["PluginEntry"], str, Union[str, Path, None]]
+if TYPE_CHECKING:
+    from hpplug.config import RunConfig
+    from hpplug.discovery import PluginEntry
+
+    MemberSpec = tuple[RunConfig, list[PluginEntry], str, str | Path | None]
+else:
+    MemberSpec = tuple
 
 # Settings every member shares: they shape the model, the data, the batches and the number
 # of updates. Everything else (LR, momentum, seed, plugins' values, logging) is per member.
@@ -47,10 +48,11 @@ BUILTIN = frozenset({
 })
 
 
-def hooks_of(cls: type) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def hooks_of(cls: type) -> tuple[str, ...]:
     from hpplug.discovery import _implementations
 
-    return sorted(set(_implementations(cls).values()))
+    return tuple(sorted(set(_implementations(cls).values())))
 
 
 def packable(cls: type) -> bool:

@@ -231,7 +231,8 @@ def update(pack: Pack, feeds: dict[int, Iterator[Any]], size: int) -> None:
                           num_classes=pack.data.num_classes)
             with pack.own(*group):
                 loop.hook.hpplug_transform_batch(batch=batch, progress=loop.progress)
-                batch.x, batch.y = batch.x.to(pack.device, non_blocking=True), batch.y.to(pack.device, non_blocking=True)
+                batch.x = batch.x.to(pack.device, non_blocking=True)
+                batch.y = batch.y.to(pack.device, non_blocking=True)
                 made.update((m, batch) for m in group)
         if not made:
             return  # every member failed: none trains on
