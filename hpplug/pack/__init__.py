@@ -11,10 +11,10 @@ gives alone (up to floating-point rounding).
 - :func:`run_pack` (``run``): train them, one ``hpplug.engine.RunResult`` per member.
 - A member stops early on a ``<record>/stop-request`` file (``member``).
 
-Modules: ``support`` (what packs), ``run`` (set-up and ends), ``packed`` (the members in
-training), ``train`` (the loop), ``stack`` (stacked weights, forward, dropout masks),
-``optim`` (SGD/Adam/AdamW over the stack), ``rng`` (each member's random numbers),
-``member`` (one trial).
+Modules: ``support`` (what packs), ``run`` (set-up and ends), ``member`` (one trial),
+``packed`` (the members in training), ``train`` (the loop), ``evaluate``, ``share`` (who
+gets the same batches), ``stack`` (stacked weights, forward, dropout masks), ``optim``
+(SGD/Adam/AdamW over the stack), ``rng`` (each member's random numbers).
 """
 
 from __future__ import annotations

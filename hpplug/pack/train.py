@@ -3,8 +3,8 @@
 The same hooks in the same order, each called once per member with its own arguments
 (``set_lr``, the sample order, the augmentation seed, logging, checkpoints, the stop rules
 are hpplug.loop's own, per member); the forward, the loss's backward and the optimizer
-step run once for all. Members with the same seed and the same transforms (plugins and
-values) get the same batches: one is made and shared (``vmap`` with ``in_dims=None``).
+step run once for all; so does the evaluation (:mod:`hpplug.pack.evaluate`). Members that
+get the same batches share one (:mod:`hpplug.pack.share`).
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from hpplug.console import EpochBar, format_metrics
-from hpplug.feed import Source
 from hpplug.loop import (Stopped, _mean, _stop_reason, _with_index, epoch_order, micro_batches, set_lr,
                          train_inputs)
+from hpplug.pack.evaluate import Metrics, evaluate
 from hpplug.pack.member import Member
 from hpplug.pack.packed import Pack
+from hpplug.pack.share import assemble, by_batch, labels
 from hpplug.plugin import Batch
-
-Metrics = dict[Member, dict[str, Any]]
 
 
 def fit(pack: Pack, show_progress: bool) -> None:
@@ -178,35 +177,6 @@ def after_update(pack: Pack, start: float) -> float:
     return start
 
 
-def _signature(m: Member, train: bool) -> tuple[Any, ...]:
-    """What decides a member's batches: its seed (training) and its transforms' plugins and values."""
-    impls = m.loop.hook.hpplug_transform_batch.get_hookimpls()
-    plugins = tuple((i.plugin_name, repr(getattr(i.plugin, "values", i.plugin))) for i in impls)
-    return (m.config.seed, plugins) if train else plugins
-
-
-def _groups(members: list[Member], train: bool) -> dict[Any, list[Member]]:
-    groups: dict[Any, list[Member]] = {}
-    for m in members:
-        groups.setdefault(_signature(m, train), []).append(m)
-    return groups
-
-
-def _assemble(members: list[Member], batch_of: Callable[[Member], Batch]) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Inputs and targets of every member: one shared batch, or ``[K, n, ...]`` stacks."""
-    batches = [batch_of(m) for m in members]
-    if all(b is batches[0] for b in batches):
-        return batches[0].x, batches[0].y.expand(len(members), *batches[0].y.shape), True
-    soft = any(b.y.ndim == 2 for b in batches)
-    targets = torch.stack([b.soft_targets() if soft else b.y for b in batches])
-    return torch.stack([b.x for b in batches]), targets, False
-
-
-def _labels(targets: torch.Tensor) -> torch.Tensor:
-    """``hpplug.step.labels`` for ``[K, n]`` indices or ``[K, n, classes]`` probabilities."""
-    return targets if targets.ndim == 2 else targets.argmax(-1)
-
-
 def update(pack: Pack, feeds: dict[int, Iterator[Any]], size: int) -> None:
     """One optimizer update of every member (``hpplug.step.train_update``), ``size`` samples
     each; each micro-batch through the transforms, the forward, the loss and the backward
@@ -215,7 +185,7 @@ def update(pack: Pack, feeds: dict[int, Iterator[Any]], size: int) -> None:
     accumulate), then leaves."""
     members = pack.members
     lead = members[0].loop
-    groups = list(_groups(members, train=True).values())
+    groups = by_batch(members, train=True)
     for group in groups:  # the group's transforms, and their generator, are its first member's
         loop = group[0].loop
         loop.batch_generator.manual_seed(loop.config.seed * 1_000_003 + lead.progress.update * 131
@@ -238,13 +208,13 @@ def update(pack: Pack, feeds: dict[int, Iterator[Any]], size: int) -> None:
             return  # every member failed: none trains on
         spare = next(iter(made.values()))
         batch_of: Callable[[Member], Batch] = lambda m: made.get(m, spare)  # noqa: E731
-        x, y, shared = _assemble(members, batch_of)
+        x, y, shared = assemble(members, batch_of)
         masks = pack.stack.masks([m.rng.generator for m in members], x, shared)
         logits = pack.stack.forward(x, shared, masks)
         losses = _losses(pack, logits, y, batch_of)
         (losses.sum() * (1 / size)).backward()
         pack.window[:, 0] += losses.detach().sum(1).float()
-        pack.window[:, 1] += (logits.detach().argmax(-1) == _labels(y)).sum(1)
+        pack.window[:, 1] += (logits.detach().argmax(-1) == labels(y)).sum(1)
         pack.window[:, 2] += logits.shape[1]
     for m in members:
         if m.exit is None:
@@ -273,43 +243,3 @@ def _losses(pack: Pack, logits: torch.Tensor, targets: torch.Tensor,
                 own = m.loop.hook.hpplug_loss(logits=logits[k], targets=batch.y, batch=batch)
         losses.append(own if own is not None else F.cross_entropy(logits[k], batch.y, reduction="none"))
     return torch.stack(losses)
-
-
-def evaluate(pack: Pack, members: list[Member], source: Source, split: str, metrics: Metrics) -> None:
-    """``hpplug.loop.evaluate`` for ``members`` at once: each one's ``<split>/loss``,
-    ``<split>/accuracy`` and ``<split>/samples`` added to ``metrics[member]``."""
-    for m in members:
-        m.loop.model.eval()
-        with pack.own(m):
-            m.loop.hook.hpplug_evaluation_start(model=m.module, split=split, progress=m.loop.progress)
-    members = [m for m in members if m.exit is None]
-    if members:
-        rows = [pack.members.index(m) for m in members]
-        params = None if rows == list(range(len(pack.members))) else \
-            {name: stacked.detach()[rows] for name, stacked in pack.stack.params.items()}
-        groups = _groups(members, train=False)
-        sums = torch.zeros(len(members), 3, device=pack.device, dtype=torch.float64)
-        share = torch.arange(len(source))
-        with torch.no_grad():
-            for x, y, index in _with_index(source, list(share.split(members[0].config.eval_batch_size)), pack.device):
-                made: dict[Member, Batch] = {}
-                for group in groups.values():
-                    batch = Batch(source.inputs(x), y, False, None, index=index, num_classes=pack.data.num_classes)
-                    with pack.own(*group):
-                        group[0].loop.hook.hpplug_transform_batch(batch=batch, progress=group[0].loop.progress)
-                    batch.x, batch.y = batch.x.to(pack.device), batch.y.to(pack.device)
-                    made.update((m, batch) for m in group)
-                inputs, targets, shared = _assemble(members, made.__getitem__)
-                logits = pack.stack.forward(inputs, shared, params=params)
-                losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(0, 1), reduction="none")
-                sums[:, 0] += losses.view(logits.shape[:2]).sum(1).double()
-                sums[:, 1] += (logits.argmax(-1) == _labels(targets)).sum(1)
-                sums[:, 2] += logits.shape[1]
-        for m, (loss, correct, count) in zip(members, sums.tolist()):
-            metrics[m].update({f"{split}/loss": loss / count, f"{split}/accuracy": correct / count,
-                               f"{split}/samples": int(count)})
-    for m in members:
-        with pack.own(m):
-            m.loop.hook.hpplug_evaluation_end(metrics=MappingProxyType(metrics[m]), model=m.module, split=split,
-                                              progress=m.loop.progress)
-        m.loop.model.train()
