@@ -59,14 +59,16 @@ def check_launch(accelerator: Accelerator) -> None:
 
 
 def prepare(config: RunConfig, pm: pluggy.PluginManager, plugins: dict[str, Plugin],
-            accelerator: Accelerator, tracker: Tracker, download: bool = True) -> Loop:
-    """Fire the set-up hooks in order and build data, model and optimizer."""
+            accelerator: Accelerator, tracker: Tracker, download: bool = True,
+            data: feed.RunData | None = None) -> Loop:
+    """Fire the set-up hooks in order and build data, model and optimizer. ``data``, when
+    given, is used instead of loading the data set (the members of a pack share it)."""
     start_config = config.to_dict()
     config.num_processes = accelerator.num_processes
     pm.hook.hpplug_adjust_config(config=config)
     set_seed(config.seed)
     model_plugin, dataset_plugin = _one(plugins, Model), _one(plugins, Dataset)
-    data = load_data(config, dataset_plugin, accelerator, download)
+    data = data if data is not None else load_data(config, dataset_plugin, accelerator, download)
     # With the real data and the plugins' changes to the config; nothing is allocated if it fails.
     preflight.check_memory(config, model_plugin, data.input_shape, data.num_classes, len(data.train),
                            max(len(data.val or ()), len(data.test or ())), accelerator.device)

@@ -1,0 +1,75 @@
+"""The members still training, as one: stacked weights, optimizer state and running sums.
+
+A member that leaves (finished, stopped, failed) closes its run at once and the others are
+stacked again without it, so it costs nothing more; a failure in one member's plugin ends
+that member only (:meth:`Pack.own`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from hpplug.checkpoint import StopRequests
+from hpplug.feed import RunData
+from hpplug.pack.member import Member
+from hpplug.pack.optim import PackedOptimizer
+from hpplug.pack.stack import Stack
+
+
+class Pack:
+    """The members in training, in stack order, and what they share."""
+
+    def __init__(self, members: list[Member], data: RunData, accelerator: Accelerator,
+                 autocast: Callable[[], Any]) -> None:
+        self.members = members
+        self.data, self.device = data, accelerator.device
+        self.stack = Stack([m.module for m in members], autocast)
+        self.optimizer = PackedOptimizer(members[0].config.optimizer, self.stack, [m.loop.optimizer for m in members])
+        self.window = self.epoch_sums = torch.zeros(0)
+        self._link_sums()
+        self.stop: StopRequests | None = None
+        for member in members:
+            member.pack_size = len(members)
+
+    def _link_sums(self) -> None:
+        """Every member's running sums (loss, correct, count) as a row of one tensor."""
+        for name in ("window", "epoch_sums"):
+            stacked = torch.stack([getattr(m.loop.state, name) for m in self.members])
+            setattr(self, name, stacked)
+            for k, member in enumerate(self.members):
+                setattr(member.loop.state, name, stacked[k])
+
+    @contextmanager
+    def own(self, *members: Member) -> Iterator[None]:
+        """Run plugin code of ``members``: what it raises ends those members, not the pack."""
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - a plugin's failure, recorded in its run's summary
+            for member in members:
+                member.leave("failed", exc)
+
+    def settle(self) -> None:
+        """Close the runs of the members that must leave; stack the others again."""
+        leaving = [m for m in self.members if m.exit is not None]
+        if not leaving:
+            return
+        for member in leaving:
+            member.finish(*member.exit)  # type: ignore[misc]
+        self.members = [m for m in self.members if m.exit is None]
+        if self.members:
+            self.stack.link([m.module for m in self.members])
+            self.optimizer.link([m.loop.optimizer for m in self.members])
+            self._link_sums()
+
+    def clock(self, start: float) -> float:
+        """Add the time since ``start`` to every member's epoch time; returns now."""
+        now = time.perf_counter()
+        for member in self.members:
+            member.loop.state.epoch_time += now - start
+        return now

@@ -1,0 +1,54 @@
+"""Each member's random numbers, as they would be in its run alone.
+
+Alone, a run's dropout masks come from torch's global generator (of its device), which
+``set_seed`` seeded and the model's initialization advanced. In a pack every member keeps a
+generator holding exactly that state and draws its masks from it, in the order its run
+would (:mod:`hpplug.pack.stack`). Its checkpoints save that state as the run's own global
+state (``rng.0``), so a member resumes alone or in a pack with the same draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from hpplug import runstate
+
+
+def _device_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_device_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+class MemberRng:
+    """One member's generators: its device generator for the draws, the others as saved."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.generator = torch.Generator(device=device)
+        self.saved: dict[str, Any] = {}
+
+    def capture(self) -> None:
+        """Take the global generators' state: after the member's set-up, or its restore."""
+        self.saved = runstate.rng_state()
+        self.generator.set_state(_device_state(self.device))
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """The global generators hold this member's state inside (for a checkpoint)."""
+        outside = runstate.rng_state()
+        runstate.set_rng(self.saved)
+        _set_device_state(self.device, self.generator.get_state())
+        try:
+            yield
+        finally:
+            runstate.set_rng(outside)

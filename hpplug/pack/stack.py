@@ -1,0 +1,191 @@
+"""The members' models as one: parameters stacked ``[K, ...]``, one forward for all of them.
+
+Each member keeps its own module, built, seeded and adjusted exactly as alone; its
+parameters become views of its slice of the stacked tensors, and its gradients views of
+theirs. What a hook reads or changes in a member's model (a weight average, a gradient
+clip, a checkpoint, a resume) is the packed state itself.
+
+The forward is ``vmap(functional_call(base, ...))`` over the members: ``base`` is a copy of
+the first member's module on the meta device whose ``nn.Dropout`` layers take their masks
+as inputs (:class:`MaskedDropout`). Masks are drawn per member from its own generator
+(:mod:`hpplug.pack.rng`), layer by layer in the order the forward calls them, exactly as
+``F.dropout`` draws them alone (``bernoulli_(1 - p)`` then ``div_(1 - p)``). Any other
+random operation inside the forward fails (``randomness="error"``) instead of drawing
+numbers that no run alone would draw.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from hpplug.errors import HpplugError
+
+# Modules that draw random numbers in training, other than nn.Dropout: not packed (yet).
+RANDOM = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.RReLU)
+
+
+class MaskedDropout(nn.Module):
+    """``nn.Dropout`` whose mask (already divided by ``1 - p``) arrives as a buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.empty(0), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask if self.training else x
+
+
+@dataclass(frozen=True)
+class Site:
+    """A dropout layer as the forward meets it: its name and one sample's input."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def check_alike(modules: Sequence[nn.Module]) -> None:
+    """The members' modules must be one architecture: same layers, parameters and shapes."""
+    first = modules[0]
+    for name, module in first.named_modules():
+        if isinstance(module, RANDOM):
+            raise HpplugError(f"layer {name or 'model'} ({type(module).__name__}) draws random numbers in training; "
+                              "a pack draws only nn.Dropout's: train these trials without --pack")
+    if any(True for _ in first.buffers()):
+        name = next(n for n, _ in first.named_buffers())
+        raise HpplugError(f"the model has buffers ({name}: batch norm?), which a pack cannot stack yet: "
+                          "train these trials without --pack")
+    layout = _layout(first)
+    for other in modules[1:]:
+        if _layout(other) != layout:
+            raise HpplugError("the trials' models differ in their layers or parameter shapes once built; "
+                              "a pack needs one architecture: train them without --pack")
+    frozen = [n for n, p in first.named_parameters() if not p.requires_grad]
+    if frozen:
+        raise HpplugError(f"parameter {frozen[0]} is frozen (requires_grad=False), which a pack does not support")
+
+
+def _layout(module: nn.Module) -> list[Any]:
+    return ([(n, type(m)) for n, m in module.named_modules()]
+            + [(n, tuple(p.shape), p.dtype) for n, p in module.named_parameters()])
+
+
+def _base(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` on the meta device, its dropout layers masked."""
+    base = copy.deepcopy(module).to("meta")
+    for name, layer in list(base.named_modules()):
+        if type(layer) is nn.Dropout:
+            parent, _, child = name.rpartition(".")
+            setattr(base.get_submodule(parent) if parent else base, child, MaskedDropout())
+    return base
+
+
+class Stack:
+    """The stacked parameters of the members' modules and the vectorized forward."""
+
+    def __init__(self, modules: Sequence[nn.Module], autocast: Callable[[], Any]) -> None:
+        check_alike(modules)
+        self.base = _base(modules[0])
+        self.names = [name for name, _ in modules[0].named_parameters()]
+        self.autocast = autocast
+        self.params: dict[str, torch.Tensor] = {}
+        self.modules: list[nn.Module] = []
+        self._sites: dict[tuple[int, ...], list[Site]] = {}
+        self._vmapped: dict[bool, Callable[..., torch.Tensor]] = {}
+        self.link(modules)
+
+    def link(self, modules: Sequence[nn.Module]) -> None:
+        """Stack the members' current weights and make theirs views of the stack: at the
+        start, and again when a member leaves the pack."""
+        self.modules = list(modules)
+        owned = [dict(m.named_parameters()) for m in modules]
+        self.params = {}
+        with torch.no_grad():
+            for name in self.names:
+                stacked = torch.stack([own[name].detach() for own in owned]).requires_grad_(True)
+                stacked.grad = torch.zeros_like(stacked)
+                for k, own in enumerate(owned):
+                    own[name].data = stacked.data[k]
+                    own[name].grad = stacked.grad[k]
+                self.params[name] = stacked
+        self.p = {name: [m.get_submodule(name).p for m in modules] for name in self._dropout_names()}
+
+    def _dropout_names(self) -> list[str]:
+        return [name for name, layer in self.base.named_modules() if isinstance(layer, MaskedDropout)]
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def zero_grad(self) -> None:
+        """Zero in place: the members' gradients stay views of these."""
+        for stacked in self.params.values():
+            stacked.grad.zero_()
+
+    # --- dropout ------------------------------------------------------------------------
+    def sites(self, sample: tuple[int, ...], device: torch.device) -> list[Site]:
+        """The dropout layers in the order the forward calls them, with one sample's input,
+        found once per input shape by a forward of the first member's module (in eval
+        mode, under no_grad: it draws nothing)."""
+        if sample not in self._sites:
+            module, found = self.modules[0], []
+
+            def note(layer: nn.Module, args: tuple[Any, ...], name: str) -> None:
+                found.append(Site(name, tuple(args[0].shape[1:]), args[0].dtype))
+
+            hooks = [layer.register_forward_pre_hook(lambda layer, args, name=name: note(layer, args, name))
+                     for name, layer in module.named_modules() if type(layer) is nn.Dropout]
+            mode = module.training
+            try:
+                module.eval()
+                with torch.no_grad(), self.autocast():
+                    module(torch.zeros((1, *sample), device=device))
+            finally:
+                module.train(mode)
+                for hook in hooks:
+                    hook.remove()
+            names = [site.name for site in found]
+            if len(set(names)) != len(names) or set(names) != set(self.p):
+                raise HpplugError("a dropout layer of the model is called more than once, or not at all, in one "
+                                  "forward; a pack draws one mask per layer and forward: train without --pack")
+            self._sites[sample] = found
+        return self._sites[sample]
+
+    def masks(self, generators: Sequence[torch.Generator], x: torch.Tensor, shared: bool) -> dict[str, torch.Tensor]:
+        """Every member's dropout masks for one micro-batch, ``{"<layer>.mask": [K, n, ...]}``."""
+        sample = tuple(x.shape[1:] if shared else x.shape[2:])
+        n = x.shape[0] if shared else x.shape[1]
+        out = {}
+        for site in self.sites(sample, x.device):
+            masks = torch.empty((len(generators), n, *site.shape), dtype=site.dtype, device=x.device)
+            for k, (generator, p) in enumerate(zip(generators, self.p[site.name])):
+                if p == 0:
+                    masks[k].fill_(1)  # F.dropout draws nothing at p = 0, and zeroes everything at 1
+                elif p == 1:
+                    masks[k].zero_()
+                else:
+                    masks[k].bernoulli_(1 - p, generator=generator).div_(1 - p)
+            out[f"{site.name}.mask"] = masks
+        return out
+
+    # --- forward ------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, shared: bool, masks: dict[str, torch.Tensor] | None = None,
+                params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits ``[K, n, classes]``; ``x`` is one batch for all (``shared``) or ``[K, n, ...]``.
+        In training with ``masks`` (``{}`` for a model without dropout), else in evaluation;
+        ``params``: a subset of the members' stacked parameters (evaluation)."""
+        if shared not in self._vmapped:
+            def call(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+                return functional_call(self.base, (p, b), (inputs,))
+
+            self._vmapped[shared] = vmap(call, in_dims=(0, 0, None if shared else 0), randomness="error")
+        self.base.train(masks is not None)
+        with self.autocast():
+            logits = self._vmapped[shared](self.params if params is None else params, masks or {}, x)
+        return logits.float() if logits.dtype != torch.float32 else logits

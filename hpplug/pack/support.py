@@ -1,0 +1,115 @@
+"""Which trials can share a pack, and which plugins support packing.
+
+A pack trains its members in lockstep as one vectorized model, so they agree on everything
+that shapes the model, the data and the updates (:data:`SHARED`, the model's and the data
+set's parameters, the plugins that change the model), and every plugin of every member
+supports packing. A packable plugin's hooks are called once per member with that member's
+own arguments (its progress, its batch, its model: a module whose weights are views of the
+member's slice of the stacked weights) and give what they give alone: they draw randomness
+from ``batch.generator`` only, change weights and gradients in place, and do not drive the
+optimizer step (``hpplug_optimizer_step`` is never packable: ``step.recompute()`` needs a
+model of its own).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+# A file a sweep runner writes into a member's record to stop it early (hpplug.pack.member).
+STOP_REQUEST = "stop-request"
+
+# (config, entries, run id, record folder to resume or None): what hpplug.engine.run takes.
+if TYPE_CHECKING:
+    from hpplug.config import RunConfig
+    from hpplug.discovery import PluginEntry
+
+    MemberSpec = tuple[RunConfig, list[PluginEntry], str, str | Path | None]
+else:
+    MemberSpec = tuple
+
+# Settings every member shares: they shape the model, the data, the batches and the number
+# of updates. Everything else (LR, momentum, seed, plugins' values, logging) is per member.
+SHARED = ("model", "dataset", "data_root", "val_fraction", "loader", "workers", "batch_size", "grad_accum",
+          "epochs", "optimizer", "eval_batch_size", "mixed_precision")
+
+# The built-in plugins that support packing (see the module's docstring). Any plugin class
+# may declare it itself with a class attribute ``packable = True`` (or refuse, ``False``).
+BUILTIN = frozenset({
+    "hpplug_schedulers.cosine:Cosine", "hpplug_schedulers.onecycle:OneCycle",
+    "hpplug_schedulers.restarts:Restarts", "hpplug_schedulers.step:Step", "hpplug_schedulers.warmup:Warmup",
+    "hpplug_regularizers.dropout:Dropout", "hpplug_regularizers.label_smoothing:LabelSmoothing",
+    "hpplug_regularizers.weight_decay:WeightDecay",
+    "hpplug_augment.crop:Crop", "hpplug_augment.flip:Flip", "hpplug_augment.normalize:Normalize",
+    "hpplug_batch.lr_scaling:LRScaling",
+    "hpplug_models.mlp:Mlp", "hpplug_models.cnn:Cnn",
+})
+
+
+@functools.lru_cache(maxsize=None)
+def hooks_of(cls: type) -> tuple[str, ...]:
+    from hpplug.discovery import _implementations
+
+    return tuple(sorted(set(_implementations(cls).values())))
+
+
+def packable(cls: type) -> bool:
+    """Whether a plugin class supports packing: declared (``packable``), built in, or a data
+    set without hooks (it is only loaded, once per pack)."""
+    from hpplug.components import Dataset
+    from hpplug.plugin import Plugin
+
+    hooks = hooks_of(cls)
+    if "hpplug_optimizer_step" in hooks:
+        return False
+    # A subclass's own declaration: a default that hpplug.Plugin may one day carry is none.
+    declared = next((k.__dict__["packable"] for k in cls.__mro__ if k is not Plugin and "packable" in k.__dict__),
+                    None)
+    if isinstance(declared, bool):
+        return declared
+    if f"{cls.__module__}:{cls.__qualname__}" in BUILTIN:
+        return True
+    return issubclass(cls, Dataset) and not hooks
+
+
+def _differ(what: str, values: Sequence[Any]) -> str | None:
+    shown = list(dict.fromkeys(str(v) for v in values))
+    return f"the trials differ in {what} ({', '.join(shown[:4])}): a pack shares it" if len(shown) > 1 else None
+
+
+def why_not_packable(members: Sequence[MemberSpec]) -> str | None:
+    """One line saying why these trials cannot train as one pack, or None when they can."""
+    if not members:
+        return "there are no trials to pack"
+    for config, entries, _, _ in members:
+        for entry in entries:
+            if entry.cls is None or not packable(entry.cls):
+                return f"plugin {entry.name} ({entry.distribution}) does not support packing"
+        if config.mixed_precision == "fp16":
+            return "fp16 scales each run's loss on its own: a pack trains in full precision (no) or bf16"
+    configs = [m[0] for m in members]
+    for name in SHARED:
+        problem = _differ(name, [getattr(c, name) for c in configs])
+        if problem:
+            return problem
+    # build_config puts the model's entry, then the data set's, after the --plugin ones.
+    for what, position in (("model", -2), ("data set", -1)):
+        names = [entries[position].name for _, entries, _, _ in members]
+        problem = _differ(f"the {what}'s parameters", [sorted(c.plugin_params.get(n, {}).items())
+                                                       for c, n in zip(configs, names)])
+        if problem:
+            return problem
+    problem = _differ("the plugins that change the model", [
+        [e.name for e in entries if "hpplug_adjust_model" in hooks_of(e.cls)] for _, entries, _, _ in members])
+    if problem:
+        return problem
+    records = [Path(resume) if resume is not None else Path(config.output_dir) / run_id
+               for config, _, run_id, resume in members]
+    seen: set[Path] = set()
+    for path in records:
+        if path.absolute() in seen:
+            return f"two trials write the same record {path}: each needs its own run id"
+        seen.add(path.absolute())
+    return None

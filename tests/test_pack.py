@@ -1,0 +1,482 @@
+"""Packed trials (``hpplug.pack``): a member trains as it does alone and stays a complete run.
+
+Equality with ``engine.run``, the vectorized optimizers and dropout draws against torch's,
+early termination of one member (a stop-request file, a plugin's stop, a failing plugin),
+SIGTERM, SIGKILL and resume, and the trials that cannot share a pack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpplug import HpplugError, Model, Param, Plugin, discovery, engine, hookimpl
+from hpplug.cli import build_config
+from hpplug.pack import STOP_REQUEST, packable, run_pack, why_not_packable
+from hpplug.pack.optim import PackedOptimizer
+from hpplug.pack.stack import Stack
+from hpplug.wandb_file import find_run_files, read_run
+
+VOLATILE = {"time", "train/samples_per_s", "train/time_s"}  # wall-clock values
+
+
+def member(out: Path, run_id: str, plugins=(), params=None, resume=None, hidden=64, **core):
+    """A member as run_pack takes it (what hpplug.cli.build_config makes of options); a
+    smaller MLP than the seed recipe's unless ``hidden`` says otherwise (quicker)."""
+    options = {"epochs": 1, "wandb_mode": "disabled", "output_dir": str(out), "log_every": 5, **core}
+    params = {**({"mlp": {"hidden": hidden}} if core.get("model", "mlp") == "mlp" else {}), **(params or {})}
+    config, entries = build_config(discovery.discover(), list(plugins), params, options)
+    return config, entries, run_id, resume
+
+
+def alone(spec, out: Path, monkeypatch) -> engine.RunResult:
+    """The same trial through engine.run, under the same run id, in ``out``."""
+    config, entries, run_id, _ = spec
+    config.output_dir = str(out)
+    monkeypatch.setenv("WANDB_RUN_ID", run_id)
+    try:
+        return engine.run(config, entries, show_progress=False)
+    finally:
+        monkeypatch.delenv("WANDB_RUN_ID")
+
+
+def rows(record) -> list[dict]:
+    lines = (Path(record) / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in lines]
+
+
+def summary(record) -> dict:
+    return json.loads((Path(record) / "summary.json").read_text())
+
+
+def assert_trains_alike(packed, single, updates_per_epoch: int) -> None:
+    """The brief's equality: the same rows (keys, steps, LRs); train losses within 1e-4
+    relative over the first epoch; every accuracy within 0.005."""
+    a, b = rows(packed), rows(single)
+    assert [(r["step"], sorted(r)) for r in a] == [(r["step"], sorted(r)) for r in b]
+    for x, y in zip(a, b):
+        assert x.get("lr") == y.get("lr")
+        if "train/accuracy" not in x and "train/loss" in x and x["step"] <= updates_per_epoch:
+            assert x["train/loss"] == pytest.approx(y["train/loss"], rel=1e-4), x["step"]
+        for key in x:
+            if key.endswith("accuracy"):
+                assert abs(x[key] - y[key]) <= 0.005, (x["step"], key)
+
+
+# --- plugins for the tests: each declares packing support --------------------------------
+
+
+class Requester(Plugin):
+    """Writes the stop-request file into other members' records, as a sweep runner would."""
+
+    packable = True
+    params = {"records": Param(str, "", "records to stop, os.pathsep between"), "at": Param(int, 0, "update")}
+
+    @hookimpl
+    def hpplug_after_optimizer_step(self, model, progress):
+        for record in self.records.split(os.pathsep) if progress.update == self.at else ():
+            if Path(record).is_dir():
+                Path(record, STOP_REQUEST).write_text("hyperband\n")
+
+
+class Stopper(Plugin):
+    packable = True
+    params = {"after": Param(int, 1, "epochs")}
+
+    @hookimpl
+    def hpplug_should_stop(self, metrics, progress):
+        return f"enough after {progress.epoch} epochs" if progress.epoch >= self.after else None
+
+
+class Boom(Plugin):
+    packable = True
+    params = {"at": Param(int, 3, "update")}
+
+    @hookimpl
+    def hpplug_after_optimizer_step(self, model, progress):
+        if progress.update == self.at:
+            raise RuntimeError("boom")
+
+
+class Fussy(Plugin):
+    packable = True
+
+    @hookimpl
+    def hpplug_transform_batch(self, batch, progress):
+        if batch.train and progress.update == 3:
+            raise ValueError("fussy")
+
+
+class Signaller(Plugin):
+    """Sends the process a signal after an update (``at``, from the environment) or SIGKILLs it
+    at the ``save``-th plugin state saved, that is in the middle of a pack's checkpoints."""
+
+    packable = True
+    saves = 0
+
+    @hookimpl
+    def hpplug_after_optimizer_step(self, model, progress):
+        if progress.update == int(os.environ.get("PACK_TEST_SIGNAL_AT", "-1")):
+            os.kill(os.getpid(), int(os.environ["PACK_TEST_SIGNAL"]))
+
+    def state_dict(self):
+        Signaller.saves += 1
+        if Signaller.saves == int(os.environ.get("PACK_TEST_KILL_AT_SAVE", "-1")):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return {}
+
+
+class Doubler(Plugin):
+    packable = True
+
+    @hookimpl
+    def hpplug_adjust_config(self, config):
+        config.batch_size *= 2
+
+
+class NormNet(Model):
+    packable = True
+
+    def build(self, input_shape, num_classes):
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+class Unpacked(Plugin):
+    @hookimpl
+    def hpplug_lr_factor(self, progress, base_lr):
+        return 1.0
+
+
+class Driver(Plugin):
+    packable = True  # declared, but driving the step is never packable
+
+    @hookimpl
+    def hpplug_optimizer_step(self, step, progress):
+        return None
+
+
+@pytest.fixture
+def plugins(hpplug_register):
+    for name, cls in [("requester", Requester), ("stopper", Stopper), ("boom", Boom), ("signaller", Signaller),
+                      ("doubler", Doubler), ("fussy", Fussy), ("normnet", NormNet), ("unpacked", Unpacked),
+                      ("driver", Driver)]:
+        hpplug_register(name, cls)
+
+
+# --- the parts against torch --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [0.5, 0.2, 0.9])
+def test_dropout_masks_are_the_draws_f_dropout_makes(p):
+    """The masks a member draws from its generator reproduce F.dropout on the global one."""
+    torch.manual_seed(3)
+    x = torch.randn(64, 500)
+    torch.manual_seed(7)
+    expected = F.dropout(x, p, training=True)
+    after = torch.get_rng_state()
+    model = nn.Sequential(nn.Linear(500, 500), nn.Dropout(p))
+    stack = Stack([model], autocast=contextlib.nullcontext)
+    generator = torch.Generator()
+    generator.set_state(torch.manual_seed(7).get_state())
+    masks = stack.masks([generator], x, shared=True)
+    assert torch.equal(x * masks["1.mask"][0], expected)
+    assert torch.equal(generator.get_state(), after), "the member's generator moves on as the global one did"
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
+def test_the_packed_optimizer_steps_each_member_as_torch_does(kind):
+    """Per-member LR, weight decay (per group), momentum, dampening, betas and eps; the
+    members' optimizer states in torch's own layout, loadable by a torch optimizer."""
+    settings = [
+        {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "weight_decay": 5e-4, "betas": (0.9, 0.999), "eps": 1e-8},
+        {"lr": 0.03, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "betas": (0.8, 0.99), "eps": 1e-6},
+        {"lr": 0.01, "momentum": 0.5, "dampening": 0.0, "weight_decay": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8},
+    ]
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3)) for _ in settings]
+    reference = [nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3)) for _ in settings]
+    for m, r in zip(models, reference):
+        r.load_state_dict(m.state_dict())
+
+    def optimizer(model, s):
+        keys = ("momentum", "dampening", "weight_decay") if kind == "sgd" else ("betas", "eps", "weight_decay")
+        weights, biases = [p for p in model.parameters() if p.ndim > 1], [p for p in model.parameters() if p.ndim == 1]
+        groups = [{"params": weights, **{k: s[k] for k in keys}}, {"params": biases, "weight_decay": 0.0}]
+        return {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind](groups, lr=s["lr"])
+
+    mine = [optimizer(m, s) for m, s in zip(models, settings)]
+    theirs = [optimizer(r, s) for r, s in zip(reference, settings)]
+    stack = Stack(models, autocast=contextlib.nullcontext)
+    packed = PackedOptimizer(kind, stack, mine)
+    for step in range(5):
+        for k, (r, opt) in enumerate(zip(reference, theirs)):
+            grads = [torch.randn_like(p) for p in r.parameters()]
+            for p, g in zip(r.parameters(), grads):
+                p.grad = g
+            for name, g in zip(stack.names, grads):
+                stack.params[name].grad[k].copy_(g)
+            for group in opt.param_groups + mine[k].param_groups:
+                group["lr"] = settings[k]["lr"] * (1 + step) / 5  # a schedule, set as hpplug.loop.set_lr does
+            opt.step()
+        packed.step()
+        stack.zero_grad()
+    for m, r, a, b in zip(models, reference, mine, theirs):
+        for (name, p), q in zip(m.named_parameters(), r.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa["param_groups"] == sb["param_groups"]
+        assert sa["state"].keys() == sb["state"].keys()
+        for i in sb["state"]:
+            assert sa["state"][i].keys() == sb["state"][i].keys()
+            for key, value in sb["state"][i].items():
+                torch.testing.assert_close(sa["state"][i][key], value, rtol=1e-5, atol=1e-7)
+                assert sa["state"][i][key].shape == value.shape and sa["state"][i][key].dtype == value.dtype
+        b.load_state_dict(sa)  # a member's checkpointed state loads into its run alone
+
+
+# --- which trials pack ----------------------------------------------------------------------
+
+
+def test_which_trials_share_a_pack(tmp_path, plugins, monkeypatch):
+    def m(run_id="a", plugins_=(), **core):
+        return member(tmp_path, run_id, plugins_, **core)
+
+    (tmp_path / "tests_pack_user_model.py").write_text(
+        "from torch import nn\nclass Net(nn.Sequential):\n"
+        "    def __init__(self, num_classes):\n        super().__init__(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    assert why_not_packable([m("a", ["cosine", "dropout"]), m("b", ["step", "dropout"], lr=0.3, seed=4)]) is None
+    refusals = {
+        "batch_size": [m("a"), m("b", batch_size=32)],
+        "epochs": [m("a"), m("b", epochs=2)],
+        "optimizer": [m("a"), m("b", optimizer="adam")],
+        "the model's parameters": [m("a"), m("b", hidden=8)],
+        "the plugins that change the model": [m("a", ["dropout"]), m("b")],
+        "unpacked": [m("a", ["unpacked"])],
+        "driver": [m("a", ["driver"])],
+        "fp16": [m("a", mixed_precision="fp16")],
+        "same record": [m("a"), m("a", lr=0.5)],
+        "does not support packing": [member(tmp_path, "a", [], model="tests_pack_user_model:Net")],
+    }
+    for expected, trials in refusals.items():
+        line = why_not_packable(trials)
+        assert line is not None and expected in line and "\n" not in line, (expected, line)
+    assert packable(discovery.discover()["digits"].cls), "a data set without hooks is only loaded: it packs"
+    with pytest.raises(HpplugError, match="cannot train as one pack: the trials differ in batch_size"):
+        run_pack(refusals["batch_size"])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists(), "refused before any record"
+
+
+# --- a pack against its members alone --------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_pack_trains_each_member_as_it_trains_alone(tmp_path, monkeypatch):
+    """Three members with different LRs, dropout p and seeds, a schedule, weight decay and
+    label smoothing on some: each trains as engine.run trains it, and is a complete run:
+    its record, its offline W&B run (config and history keys as alone), its checkpoint."""
+    common = {"epochs": 2, "log_every": 1, "wandb_mode": "offline", "checkpoint_every": "1epoch", "hidden": 500}
+    specs = lambda out: [  # noqa: E731
+        member(out, "lrhigh", ["dropout"], {"dropout": {"p": 0.5}}, lr=0.2, seed=1, **common),
+        member(out, "sched", ["dropout", "cosine", "weight-decay", "crop"],
+               {"dropout": {"p": 0.2}, "crop": {"padding": 1}}, lr=0.05, momentum=0.9, seed=2, **common),
+        member(out, "smooth", ["dropout", "label-smoothing"], {"dropout": {"p": 0.0}}, lr=0.1, seed=1, **common),
+    ]
+    packed = run_pack(specs(tmp_path / "pack"))
+    assert [(r.run_id, r.status) for r in packed] == [("lrhigh", "finished"), ("sched", "finished"),
+                                                      ("smooth", "finished")]
+    single = [alone(spec, tmp_path / "alone", monkeypatch) for spec in specs(tmp_path / "alone")]
+    for p, s in zip(packed, single):
+        assert_trains_alike(p.record_dir, s.record_dir, updates_per_epoch=21)
+        assert abs(p.summary["test/accuracy"] - s.summary["test/accuracy"]) <= 0.005
+        assert p.summary["updates"] == s.summary["updates"] == 42 and p.summary["pack/size"] == 3
+        config, other = (json.loads(Path(r.record_dir, "config.json").read_text()) for r in (p, s))
+        assert config.pop("output_dir") != other.pop("output_dir") and config == other
+        assert (Path(p.record_dir) / "checkpoint" / "manifest.json").is_file()
+    runs = {f.name: read_run(f) for f in find_run_files(tmp_path / "pack" / "wandb")}
+    alone_runs = {f.name: read_run(f) for f in find_run_files(tmp_path / "alone" / "wandb")}
+    assert sorted(runs) == sorted(alone_runs) == sorted(f"run-{r.run_id}.wandb" for r in packed)
+    for name, run in runs.items():
+        other = alone_runs[name]
+        assert {k: v for k, v in run.config.items() if k != "output_dir"} == \
+            {k: v for k, v in other.config.items() if k != "output_dir"}
+        assert [sorted(row) for row in run.history] == [sorted(row) for row in other.history]
+        assert [row["_step"] for row in run.history] == [row["_step"] for row in other.history]
+
+
+def test_one_member_stops_early_and_the_others_go_on(tmp_path, plugins, monkeypatch):
+    """A stop-request file (a sweep's hyperband) stops a member at its next log point (or
+    epoch end, with no log point before), a plugin's hpplug_should_stop another after its
+    epoch, a failing plugin a third; the member without any trains exactly as alone."""
+    out = tmp_path / "pack"
+    specs = lambda out, targets: [  # noqa: E731
+        member(out, "free", ["requester", "dropout"], {"requester": {"records": targets, "at": 12}},
+               lr=0.2, epochs=2),
+        member(out, "hyper", ["dropout"], lr=0.1, seed=3, epochs=2),
+        member(out, "patient", ["stopper", "cosine", "dropout"], {"stopper": {"after": 1}}, lr=0.05, epochs=2),
+        member(out, "broken", ["boom", "dropout"], {"boom": {"at": 7}}, epochs=2),
+        member(out, "late", ["dropout"], lr=0.1, epochs=2, log_every=50),
+    ]
+    free, hyper, patient, broken, late = run_pack(specs(out, os.pathsep.join(str(out / r) for r in ("hyper", "late"))))
+    assert free.status == "finished" and free.summary["updates"] == 42
+    assert hyper.status == "stopped" and hyper.summary["updates"] == 15, "the log point after the request"
+    assert STOP_REQUEST in hyper.summary["stop_reason"] and not (out / "hyper" / STOP_REQUEST).exists()
+    assert rows(hyper.record_dir)[-1]["step"] == 15 and "test/accuracy" not in hyper.summary
+    assert patient.status == "stopped" and patient.summary["stop_reason"] == "enough after 1 epochs"
+    assert patient.summary["updates"] == 21 and "test/accuracy" in patient.summary
+    assert broken.status == "failed" and broken.summary["error_plugin"] == "boom"
+    assert "boom" in broken.summary["error"] and broken.summary["updates"] == 7
+    assert summary(broken.record_dir)["status"] == "failed"
+    assert late.status == "stopped" and late.summary["updates"] == 21 and "test/accuracy" not in late.summary
+    assert [r["step"] for r in rows(late.record_dir)] == [21] and "val/accuracy" in late.summary
+    single = {r.run_id: r for r in (alone(s, tmp_path / "alone", monkeypatch)
+                                    for s in specs(tmp_path / "alone", str(tmp_path / "none"))[:3])}
+    assert_trains_alike(free.record_dir, single["free"].record_dir, updates_per_epoch=21)
+    assert_trains_alike(patient.record_dir, single["patient"].record_dir, updates_per_epoch=21)
+    cut = [r for r in rows(single["hyper"].record_dir) if r["step"] <= 15 and "train/accuracy" not in r]
+    assert [r["train/loss"] for r in rows(hyper.record_dir)] == pytest.approx([r["train/loss"] for r in cut], rel=1e-4)
+
+
+def test_a_transform_failing_mid_update_ends_its_member_only(tmp_path, plugins, monkeypatch):
+    """Two micro-batches per update: the failing member computes on the other's batch until
+    the update ends, then leaves; the other trains exactly as alone."""
+    specs = lambda out: [member(out, "ok", ["dropout"], grad_accum=2, log_every=1),  # noqa: E731
+                         member(out, "fussy", ["fussy", "dropout"], grad_accum=2, log_every=1)]
+    ok, fussy = run_pack(specs(tmp_path / "pack"))
+    assert (ok.status, ok.summary["updates"]) == ("finished", 11)
+    assert (fussy.status, fussy.summary["error_plugin"], fussy.summary["updates"]) == ("failed", "fussy", 3)
+    assert_trains_alike(ok.record_dir, alone(specs(tmp_path / "alone")[0], tmp_path / "alone", monkeypatch).record_dir,
+                        updates_per_epoch=11)
+
+
+def test_what_the_members_share_failing_fails_each_run_in_one_line(tmp_path, plugins):
+    """A plugin changing a setting the pack shares, or a model a pack cannot stack: every
+    member ends failed, its summary naming why; a finished run id is refused untouched."""
+    finished = run_pack([member(tmp_path, "done")])[0]
+    assert finished.status == "finished"
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(finished.record_dir).iterdir()}
+    results = run_pack([member(tmp_path, "done"), member(tmp_path, "x", ["doubler"]), member(tmp_path, "y")])
+    assert results[0].status == "failed" and "already finished" in results[0].summary["error"]
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(finished.record_dir).iterdir()} == before
+    for r in results[1:]:
+        assert r.status == "failed" and "changed batch_size" in r.summary["error"]
+        assert summary(r.record_dir)["error"] == r.summary["error"]
+    results = run_pack([member(tmp_path, f"n{i}", model="normnet") for i in range(2)])
+    assert all(r.status == "failed" and "buffers" in r.summary["error"] for r in results)
+
+
+# --- signals, kills and resume -------------------------------------------------------------
+
+
+def in_child(function) -> int:
+    """``function()`` in a forked copy of this process; its exit code, or -signal. The child
+    trains on one thread (OpenMP's pool does not survive a fork), as must whatever it is
+    compared with bit for bit."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            torch.set_num_threads(1)
+            Signaller.saves = 0
+            function()
+            code = 0
+        except BaseException:  # noqa: BLE001 - the child reports what ended it
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def kill_specs(out: Path, early: bool = False) -> list:
+    """Three members; with ``early``, a fourth that stops after its first epoch (update 21)."""
+    common = {"epochs": 2, "log_every": 4, "checkpoint_every": "10"}
+    return [member(out, "a", ["signaller", "dropout"], lr=0.2, seed=1, **common),
+            member(out, "b", ["signaller", "cosine", "dropout"], {"dropout": {"p": 0.3}}, lr=0.1, seed=2, **common),
+            member(out, "c", ["signaller", "label-smoothing", "dropout"], lr=0.05, seed=1, momentum=0.9, **common)] \
+        + ([member(out, "d", ["stopper", "dropout"], lr=0.3, **common)] if early else [])
+
+
+def weights(record) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(Path(record) / "checkpoint" / "model.safetensors")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", ["update", "between-saves"])
+def test_a_killed_pack_resumes_to_the_uninterrupted_result(tmp_path, plugins, monkeypatch, kill):
+    """SIGKILL after update 35 (every member's checkpoint at 30; a fourth member had stopped
+    at 21), or in the middle of the checkpoints at update 30 (two members saved, the third's
+    last is at 21): nothing finished is lost and the resumed members end as the
+    uninterrupted pack did."""
+    early = kill == "update"
+    assert in_child(lambda: run_pack(kill_specs(tmp_path / "base", early))) == 0
+    monkeypatch.setenv(*(("PACK_TEST_SIGNAL_AT", "35") if kill == "update" else ("PACK_TEST_KILL_AT_SAVE", "12")))
+    monkeypatch.setenv("PACK_TEST_SIGNAL", str(int(signal.SIGKILL)))
+    assert in_child(lambda: run_pack(kill_specs(tmp_path / "cut", early))) == -signal.SIGKILL
+    if early:  # finished before the kill: its record is complete
+        cut, base = (summary(tmp_path / run / "d") for run in ("cut", "base"))
+        assert cut["status"] == "stopped" and cut["updates"] == 21 and "test/accuracy" in cut
+        assert {k: v for k, v in cut.items() if k not in VOLATILE} == \
+            {k: v for k, v in base.items() if k not in VOLATILE}
+        assert rows(tmp_path / "cut" / "d") == rows(tmp_path / "base" / "d")
+    saved = {r: json.loads((tmp_path / "cut" / r / "checkpoint" / "loop.json").read_text())["update"] for r in "abc"}
+    assert saved == ({"a": 30, "b": 30, "c": 30} if kill == "update" else {"a": 30, "b": 30, "c": 21})
+    assert not any((tmp_path / "cut" / r / "summary.json").exists() for r in "abc")
+    monkeypatch.delenv("PACK_TEST_SIGNAL_AT", raising=False)
+    monkeypatch.delenv("PACK_TEST_KILL_AT_SAVE", raising=False)
+    from hpplug.cli import resumed_config
+
+    catalog = discovery.discover()
+    resumes = [(*resumed_config(catalog, tmp_path / "cut" / r), r, tmp_path / "cut" / r) for r in "abc"]
+    if kill == "update":  # all three resume as one pack
+        assert in_child(lambda: run_pack(resumes)) == 0
+    else:  # a member's checkpoint resumes alone too; the other two as a pack
+        assert in_child(lambda: engine.run(*resumes[0][:2], show_progress=False, resume_dir=resumes[0][3])) == 0
+        assert in_child(lambda: run_pack(resumes[1:])) == 0
+    for r in "abc":
+        cut, base = tmp_path / "cut" / r, tmp_path / "base" / r
+        assert summary(cut)["status"] == "finished"
+        if kill == "update":  # the same pack, the same thread: bit for bit
+            assert rows(cut) == rows(base)
+            assert all(torch.equal(x, y) for x, y in zip(weights(cut).values(), weights(base).values()))
+        else:
+            assert_trains_alike(cut, base, updates_per_epoch=21)
+            for x, y in zip(weights(cut).values(), weights(base).values()):
+                torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_sigterm_checkpoints_every_member_and_a_damaged_one_fails_alone_on_resume(tmp_path, plugins, monkeypatch):
+    monkeypatch.setenv("PACK_TEST_SIGNAL_AT", "13")
+    monkeypatch.setenv("PACK_TEST_SIGNAL", str(int(signal.SIGTERM)))
+    results = run_pack(kill_specs(tmp_path))
+    monkeypatch.delenv("PACK_TEST_SIGNAL_AT")
+    assert [(r.status, r.signum, r.summary["updates"]) for r in results] == [("interrupted", signal.SIGTERM, 13)] * 3
+    for r in "abc":
+        assert json.loads((tmp_path / r / "checkpoint" / "loop.json").read_text())["update"] == 13
+    with open(tmp_path / "c" / "checkpoint" / "model.safetensors", "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff" * 8)
+    from hpplug.cli import resumed_config
+
+    catalog = discovery.discover()
+    resumes = [(*resumed_config(catalog, tmp_path / r), r, tmp_path / r) for r in "ab"]
+    resumes.append((*kill_specs(tmp_path)[2][:2], "c", tmp_path / "c"))  # its checkpoint cannot be read
+    a, b, c = run_pack(resumes)
+    assert (a.status, b.status) == ("finished", "finished") and a.summary["updates"] == b.summary["updates"] == 42
+    assert c.status == "failed" and "cannot be resumed" in c.summary["error"] and "\n" not in c.summary["error"]
