@@ -310,8 +310,8 @@ def test_a_pack_trains_each_member_as_it_trains_alone(tmp_path, monkeypatch):
     assert sorted(runs) == sorted(alone_runs) == sorted(f"run-{r.run_id}.wandb" for r in packed)
     for name, run in runs.items():
         other = alone_runs[name]
-        assert {k: v for k, v in run.config.items() if k != "output_dir"} == \
-            {k: v for k, v in other.config.items() if k != "output_dir"}
+        assert run.config["settings"].pop("output_dir") != other.config["settings"].pop("output_dir")
+        assert run.config == other.config
         assert [sorted(row) for row in run.history] == [sorted(row) for row in other.history]
         assert [row["_step"] for row in run.history] == [row["_step"] for row in other.history]
 
@@ -368,7 +368,7 @@ def test_what_the_members_share_failing_fails_each_run_in_one_line(tmp_path, plu
     assert finished.status == "finished"
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(finished.record_dir).iterdir()}
     results = run_pack([member(tmp_path, "done"), member(tmp_path, "x", ["doubler"]), member(tmp_path, "y")])
-    assert results[0].status == "failed" and "already finished" in results[0].summary["error"]
+    assert results[0].status == "failed" and "already ended (finished" in results[0].summary["error"]
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(finished.record_dir).iterdir()} == before
     for r in results[1:]:
         assert r.status == "failed" and "changed batch_size" in r.summary["error"]

@@ -15,6 +15,7 @@ test, its summary says at which update; the file is removed once the record is c
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from accelerate import Accelerator
 
 from hpplug import checkpoint, engine, manager
 from hpplug.components import Dataset
+from hpplug.config import with_environment
 from hpplug.errors import HpplugError, summary_fields
 from hpplug.feed import RunData
 from hpplug.loop import Loop
@@ -68,7 +70,6 @@ class Member:
         if self.resume_dir is not None:  # as engine.run: the record folder names the run
             self.run_id, self.config.output_dir = self.resume_dir.name, str(self.resume_dir.parent)
         self.tracker: Tracker | None = None
-        self.opened = False
         self.plugins: dict[str, Plugin] = {}
         self.loop: Loop = None  # type: ignore[assignment]  # set by prepare()
         self.module: torch.nn.Module = None  # type: ignore[assignment]
@@ -83,11 +84,11 @@ class Member:
     # --- set-up, in engine.run's order ------------------------------------------------
     def open(self) -> None:
         """The record and the W&B run (refusals, such as a finished run id, come from here)."""
+        with_environment(self.config, os.environ)  # W&B's variables, as engine.run reads them
         self.tracker = Tracker(OwnRun(), resolve_mode(self.config.wandb_mode), self.run_id,  # type: ignore[arg-type]
                                self.config.output_dir)
         self.tracker.start(self.config.project, engine.wandb_config(self.config, self.entries),
                            resuming=self.resume_dir is not None)
-        self.opened = True
 
     def build_plugins(self) -> None:
         self.pm, self.plugins = manager.build(self.entries, self.config.plugin_params)
@@ -142,7 +143,7 @@ class Member:
         if self.pack_size:
             summary["pack/size"] = self.pack_size
         hint, record_dir = None, Path(self.config.output_dir) / self.run_id
-        if self.opened:
+        if self.tracker is not None:  # it records the end only of a record it opened
             try:
                 hint = self.tracker.finish(summary, status)
             except HpplugError as exc:  # the summary could not be written (a full disk)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from accelerate.utils import set_seed
 
-from hpplug import checkpoint, engine
+from hpplug import checkpoint, engine, notices
 from hpplug.engine import RunResult
 from hpplug.errors import HpplugError
 from hpplug.loop import Stopped
@@ -39,6 +39,7 @@ def run_pack(members: Sequence[MemberSpec], *, show_progress: bool = False, down
     problem = why_not_packable(members)
     if problem is not None:
         raise HpplugError(f"these trials cannot train as one pack: {problem}")
+    notices.new_run()  # a plugin's warning is said once per pack
     results: list[RunResult | None] = [None] * len(members)
     order = sorted(range(len(members)), key=lambda i: _start(members[i]))
     for _, same in groupby(order, key=lambda i: _start(members[i])):
