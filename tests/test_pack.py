@@ -12,8 +12,6 @@ import hashlib
 import json
 import os
 import signal
-import sys
-import traceback
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,8 @@ from hpplug.pack import STOP_REQUEST, packable, run_pack, why_not_packable
 from hpplug.pack.optim import PackedOptimizer
 from hpplug.pack.stack import Stack
 from hpplug.wandb_file import find_run_files, read_run
+
+from .driver import forked
 
 VOLATILE = {"time", "train/samples_per_s", "train/time_s"}  # wall-clock values
 
@@ -380,26 +380,14 @@ def test_what_the_members_share_failing_fails_each_run_in_one_line(tmp_path, plu
 # --- signals, kills and resume -------------------------------------------------------------
 
 
-def in_child(function) -> int:
-    """``function()`` in a forked copy of this process; its exit code, or -signal. The child
-    trains on one thread (OpenMP's pool does not survive a fork), as must whatever it is
-    compared with bit for bit."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            torch.set_num_threads(1)
-            Signaller.saves = 0
-            function()
-            code = 0
-        except BaseException:  # noqa: BLE001 - the child reports what ended it
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+def in_child(function, log: Path) -> int:
+    """``function()`` in a forked copy of this process (:func:`tests.driver.forked`, one thread),
+    the signaller's count reset; its exit code, or -signal."""
+    def run() -> None:
+        Signaller.saves = 0
+        function()
+
+    return forked(run, log)
 
 
 def kill_specs(out: Path, early: bool = False) -> list:
@@ -425,10 +413,10 @@ def test_a_killed_pack_resumes_to_the_uninterrupted_result(tmp_path, plugins, mo
     last is at 21): nothing finished is lost and the resumed members end as the
     uninterrupted pack did."""
     early = kill == "update"
-    assert in_child(lambda: run_pack(kill_specs(tmp_path / "base", early))) == 0
+    assert in_child(lambda: run_pack(kill_specs(tmp_path / "base", early)), tmp_path / "child1") == 0
     monkeypatch.setenv(*(("PACK_TEST_SIGNAL_AT", "35") if kill == "update" else ("PACK_TEST_KILL_AT_SAVE", "12")))
     monkeypatch.setenv("PACK_TEST_SIGNAL", str(int(signal.SIGKILL)))
-    assert in_child(lambda: run_pack(kill_specs(tmp_path / "cut", early))) == -signal.SIGKILL
+    assert in_child(lambda: run_pack(kill_specs(tmp_path / "cut", early)), tmp_path / "child2") == -signal.SIGKILL
     if early:  # finished before the kill: its record is complete
         cut, base = (summary(tmp_path / run / "d") for run in ("cut", "base"))
         assert cut["status"] == "stopped" and cut["updates"] == 21 and "test/accuracy" in cut
@@ -445,10 +433,11 @@ def test_a_killed_pack_resumes_to_the_uninterrupted_result(tmp_path, plugins, mo
     catalog = discovery.discover()
     resumes = [(*resumed_config(catalog, tmp_path / "cut" / r), r, tmp_path / "cut" / r) for r in "abc"]
     if kill == "update":  # all three resume as one pack
-        assert in_child(lambda: run_pack(resumes)) == 0
+        assert in_child(lambda: run_pack(resumes), tmp_path / "child3") == 0
     else:  # a member's checkpoint resumes alone too; the other two as a pack
-        assert in_child(lambda: engine.run(*resumes[0][:2], show_progress=False, resume_dir=resumes[0][3])) == 0
-        assert in_child(lambda: run_pack(resumes[1:])) == 0
+        assert in_child(lambda: engine.run(*resumes[0][:2], show_progress=False, resume_dir=resumes[0][3]),
+                        tmp_path / "child4") == 0
+        assert in_child(lambda: run_pack(resumes[1:]), tmp_path / "child5") == 0
     for r in "abc":
         cut, base = tmp_path / "cut" / r, tmp_path / "base" / r
         assert summary(cut)["status"] == "finished"
