@@ -173,6 +173,10 @@ class Plugin:
       sets ``composable = True`` (``warmup`` composes with a decay schedule).
     - ``params``: ``{name: Param}``; values arrive as attributes of the instance.
     - ``requires_hpplug``: a version specifier such as ``">=0.1"``; checked at load time.
+    - ``packable``: ``True`` when the plugin can train in a pack of trials
+      (:mod:`hpplug.pack`): its hooks are called once per member with that member's own
+      arguments and give what they give alone (randomness from ``batch.generator`` only,
+      weights and gradients changed in place, no ``hpplug_optimizer_step``).
 
     Hook implementations are methods marked with ``@hpplug.hookimpl``; state that must
     survive a resume goes through ``state_dict`` / ``load_state_dict``.
@@ -183,6 +187,7 @@ class Plugin:
     composable: ClassVar[bool] = False
     params: ClassVar[dict[str, Param]] = {}
     requires_hpplug: ClassVar[str | None] = None
+    packable: ClassVar[bool] = False
 
     def __init__(self, **values: Any) -> None:
         unknown = set(values) - set(self.params)

@@ -35,19 +35,6 @@ else:
 SHARED = ("model", "dataset", "data_root", "val_fraction", "loader", "workers", "batch_size", "grad_accum",
           "epochs", "optimizer", "eval_batch_size", "mixed_precision")
 
-# The built-in plugins that support packing (see the module's docstring). Any plugin class
-# may declare it itself with a class attribute ``packable = True`` (or refuse, ``False``).
-BUILTIN = frozenset({
-    "hpplug_schedulers.cosine:Cosine", "hpplug_schedulers.onecycle:OneCycle",
-    "hpplug_schedulers.restarts:Restarts", "hpplug_schedulers.step:Step", "hpplug_schedulers.warmup:Warmup",
-    "hpplug_regularizers.dropout:Dropout", "hpplug_regularizers.label_smoothing:LabelSmoothing",
-    "hpplug_regularizers.weight_decay:WeightDecay",
-    "hpplug_augment.crop:Crop", "hpplug_augment.flip:Flip", "hpplug_augment.normalize:Normalize",
-    "hpplug_batch.lr_scaling:LRScaling",
-    "hpplug_models.mlp:Mlp", "hpplug_models.cnn:Cnn",
-})
-
-
 @functools.lru_cache(maxsize=None)
 def hooks_of(cls: type) -> tuple[str, ...]:
     from hpplug.discovery import _implementations
@@ -56,22 +43,15 @@ def hooks_of(cls: type) -> tuple[str, ...]:
 
 
 def packable(cls: type) -> bool:
-    """Whether a plugin class supports packing: declared (``packable``), built in, or a data
-    set without hooks (it is only loaded, once per pack)."""
+    """Whether a plugin class supports packing: it declares it (``Plugin.packable``), or it
+    is a data set without hooks (it is only loaded, once per pack). The built-in plugins
+    declare it like any third party's."""
     from hpplug.components import Dataset
-    from hpplug.plugin import Plugin
 
     hooks = hooks_of(cls)
     if "hpplug_optimizer_step" in hooks:
         return False
-    # A subclass's own declaration: a default that hpplug.Plugin may one day carry is none.
-    declared = next((k.__dict__["packable"] for k in cls.__mro__ if k is not Plugin and "packable" in k.__dict__),
-                    None)
-    if isinstance(declared, bool):
-        return declared
-    if f"{cls.__module__}:{cls.__qualname__}" in BUILTIN:
-        return True
-    return issubclass(cls, Dataset) and not hooks
+    return getattr(cls, "packable", False) is True or (issubclass(cls, Dataset) and not hooks)
 
 
 def _differ(what: str, values: Sequence[Any]) -> str | None:

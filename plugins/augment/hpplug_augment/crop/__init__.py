@@ -68,6 +68,7 @@ class Crop(Plugin):
     """Pad with zeros and crop at a random offset per sample (training only)."""
 
     kind = "augmentation"
+    packable = True  # hooks are per trial: it trains in a pack (hpplug.pack)
     params = {
         "size": Param(int, 0, "side of the square crop in pixels; 0 = the image's own size", min=0),
         "padding": Param(int, 4, "zero border added on every side before cropping", min=0),

@@ -28,6 +28,7 @@ class Flip(Plugin):
     """Mirror each training sample left-right with probability ``p``."""
 
     kind = "augmentation"
+    packable = True  # hooks are per trial: it trains in a pack (hpplug.pack)
     params = {
         "p": Param(float, 0.5, "probability of flipping each training sample", min=0.0, max=1.0),
     }

@@ -19,6 +19,7 @@ class Normalize(Plugin):
     """Subtract ``mean`` and divide by ``std`` per channel, in training and evaluation."""
 
     kind = "augmentation"
+    packable = True  # hooks are per trial: it trains in a pack (hpplug.pack)
     params = {
         "mean": Param(
             tuple, (0.5,), "per-channel mean to subtract: one value or one per channel, e.g. 0.5 or 0.49,0.48,0.45"

@@ -31,6 +31,7 @@ class LRScaling(Plugin):
     """Multiply ``--lr`` by the linear or square-root ratio of global to base batch size."""
 
     kind = "batch-policy"
+    packable = True  # hooks are per trial: it trains in a pack (hpplug.pack)
     slot = "lr-scaling"
     params = {
         "rule": Param(

@@ -16,6 +16,7 @@ from hpplug import HpplugError, Model, Param
 class Cnn(Model):
     """Conv(width) -> pool -> Conv(2*width) -> pool -> Linear(hidden) -> Linear(classes)."""
 
+    packable = True  # built per trial and stacked: it trains in a pack (hpplug.pack)
     params = {
         "hidden": Param(int, 500, "hidden units of the fully connected layer", min=1),
         "width": Param(int, 32, "channels of the first conv; the second has 2*width", min=1),

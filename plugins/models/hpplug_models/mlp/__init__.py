@@ -18,6 +18,7 @@ from hpplug import HpplugError, Model, Param
 class Mlp(Model):
     """One hidden layer of ``hidden`` ReLU units on the flattened input."""
 
+    packable = True  # built per trial and stacked: it trains in a pack (hpplug.pack)
     params = {"hidden": Param(int, 500, "hidden units (the seed article's 500)", min=1)}
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:

@@ -77,6 +77,7 @@ class Dropout(Plugin):
     """Add ``nn.Dropout(p)`` after the activation of every hidden Linear layer."""
 
     kind = "regularizer"
+    packable = True  # hooks are per trial: it trains in a pack (hpplug.pack)
     params = {
         "p": Param(float, 0.5, "probability of zeroing each hidden activation in training", min=0.0, max=0.99),
     }

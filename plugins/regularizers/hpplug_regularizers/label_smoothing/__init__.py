@@ -17,6 +17,7 @@ class LabelSmoothing(Plugin):
     """Per-sample cross-entropy with ``label_smoothing`` (the training loss)."""
 
     kind = "regularizer"
+    packable = True  # hooks are per trial: it trains in a pack (hpplug.pack)
     slot = "loss"
     params = {
         "smoothing": Param(float, 0.1, "probability mass spread uniformly over all classes", min=0.0, max=0.99),

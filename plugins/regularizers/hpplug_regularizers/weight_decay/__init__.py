@@ -35,6 +35,7 @@ class WeightDecay(Plugin):
     """Give the optimizer weight decay, sparing biases and norm parameters by default."""
 
     kind = "regularizer"
+    packable = True  # hooks are per trial: it trains in a pack (hpplug.pack)
     slot = "param-groups"
     params = {
         "weight_decay": Param(float, 5e-4, "decay coefficient of the optimizer's weight_decay", min=0.0),

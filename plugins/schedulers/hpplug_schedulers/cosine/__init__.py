@@ -23,6 +23,7 @@ class Cosine(Plugin):
     """Anneal the LR from ``base_lr`` to ``eta_min`` along half a cosine (``CosineAnnealingLR``)."""
 
     kind = "scheduler"
+    packable = True  # hooks are per trial: it trains in a pack (hpplug.pack)
     slot = "lr-schedule"
     params = {
         "t_max": Param(

@@ -63,6 +63,7 @@ class OneCycle(Plugin):
     """Warm up to ``base_lr`` then anneal far below it, once over the run (``OneCycleLR``)."""
 
     kind = "scheduler"
+    packable = True  # hooks are per trial: it trains in a pack (hpplug.pack)
     slot = "lr-schedule"
     params = {
         "pct_start": Param(float, 0.3, "fraction of the run spent raising the LR", min=0.0, max=1.0),

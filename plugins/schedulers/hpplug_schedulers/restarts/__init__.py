@@ -33,6 +33,7 @@ class Restarts(Plugin):
     """Cosine cycles of ``t_0 * t_mult**i`` epochs, each restarting at ``base_lr`` (SGDR)."""
 
     kind = "scheduler"
+    packable = True  # hooks are per trial: it trains in a pack (hpplug.pack)
     slot = "lr-schedule"
     params = {
         "t_0": Param(int, 10, "epochs of the first cycle (T_0)", min=1),

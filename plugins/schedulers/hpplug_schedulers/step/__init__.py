@@ -30,6 +30,7 @@ class Step(Plugin):
     """Multiply the LR by ``gamma`` every ``step_size`` epochs (torch ``StepLR``)."""
 
     kind = "scheduler"
+    packable = True  # hooks are per trial: it trains in a pack (hpplug.pack)
     slot = "lr-schedule"
     params = {
         "step_size": Param(int, 30, "epochs between two decays (StepLR step_size)", min=1),

@@ -25,6 +25,7 @@ class Warmup(Plugin):
     """Ramp the LR linearly from ``start_factor * base_lr`` to ``base_lr`` (torch ``LinearLR``)."""
 
     kind = "scheduler"
+    packable = True  # hooks are per trial: it trains in a pack (hpplug.pack)
     slot = "lr-schedule"
     composable = True
     params = {
