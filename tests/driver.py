@@ -178,7 +178,6 @@ class _FullDiskFile:
 
 def full_disk(folder: str) -> None:
     import builtins
-    import io
 
     root = os.path.realpath(folder) + os.sep
     real_open = io.open

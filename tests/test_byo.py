@@ -3,13 +3,11 @@ PNGs the test writes, and the streaming path, which must train exactly like the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest

@@ -246,7 +246,6 @@ def overlaps(boxes: list[Any]) -> list[tuple[str, str]]:
 def grid_sweep(tmp_path: Path) -> tuple[SweepSpec, list[dict[str, Any]]]:
     """Repeated grid points (three seeds each), a long plugin parameter, a plugin choice,
     values nobody tried (the sweep was cut short), and two numeric distributions."""
-    long_name = "label-smoothing-with-a-long-name.smoothing_factor"
     spec = spec_of(tmp_path, method="grid", parameters={
         "lr": {"values": [0.01, 0.1, 0.5]}, "seed": {"values": [1, 2, 3]}, long_name: {"values": [0.0, 0.1]},
         "plugin": {"values": [["cosine", "dropout", "weight-decay"], ["cosine", "dropout", "weight-decay", "crop"],
@@ -269,7 +268,6 @@ def test_scatter_shows_what_was_tried_spread_counted_and_legible(grid_sweep: Any
     fig = figures(spec, trials)["scatter"]
     fig.canvas.draw()
     panels = {ax.get_xlabel().split("\n")[0]: ax for ax in fig.axes}
-    long_name = "label-smoothing-with-a-long-name.smoothing_factor"
     short = next(name for name in panels if name not in ("lr", "seed", "plugin"))
     assert short.startswith("label-smoothing") and "…" in short and short.endswith("factor")
     assert all(len(line) <= PANEL_CHARS for ax in fig.axes for line in ax.get_xlabel().split("\n"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -333,22 +332,17 @@ def test_mixup_with_label_smoothing_trains_on_the_smoothed_mixed_targets(hpplug_
     assert result.summary["train/accuracy"] == pytest.approx(expected, abs=1e-12)
 
 
-def _core_test_module(relative: str):
-    """A module of hpplug's own test suite (the resume harness), loaded from its file."""
-    path = PACKAGE.parents[1] / "tests" / relative
-    name = "_hpplug_core_" + relative.replace("/", "_").removesuffix(".py")
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+def _core_test_module(name: str):
+    """A module of hpplug's own test suite (the resume harness; importable when pytest runs
+    from the repository's root, as `python -m pytest` does)."""
+    return importlib.import_module(f"tests.{name}")
 
 
 def test_all_three_with_label_smoothing_resume_exactly(hpplug_register, hpplug_train, tmp_path) -> None:
     """Cut at update 35, resumed from update 30's checkpoint: ends exactly like the straight run
     (the draws are a function of the run's seed and update only, so the same seed is the same run)."""
-    resume = _core_test_module("test_resume.py")
-    same_run = _core_test_module("hostile/conftest.py").assert_same_run
+    resume = _core_test_module("test_resume")
+    same_run = _core_test_module("hostile.conftest").assert_same_run
     hpplug_register("crash-at", resume.CrashAt)
     for name, cls in METHODS.items():
         hpplug_register(name, cls)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,13 +18,9 @@ from hpplug_methods.ema import EMA
 
 
 def resume_tests() -> Any:
-    """tests/test_resume.py, whose crash_and_resume and assert_same_run define an exact resume."""
-    name = "hpplug_tests_test_resume"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[3] / "tests" / "test_resume.py")
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """tests/test_resume.py, whose crash_and_resume and assert_same_run define an exact resume
+    (importable when pytest runs from the repository's root, as `python -m pytest` does)."""
+    return importlib.import_module("tests.test_resume")
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
