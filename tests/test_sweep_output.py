@@ -246,6 +246,7 @@ def overlaps(boxes: list[Any]) -> list[tuple[str, str]]:
 def grid_sweep(tmp_path: Path) -> tuple[SweepSpec, list[dict[str, Any]]]:
     """Repeated grid points (three seeds each), a long plugin parameter, a plugin choice,
     values nobody tried (the sweep was cut short), and two numeric distributions."""
+    long_name = "label-smoothing-with-a-long-name.smoothing_factor"
     spec = spec_of(tmp_path, method="grid", parameters={
         "lr": {"values": [0.01, 0.1, 0.5]}, "seed": {"values": [1, 2, 3]}, long_name: {"values": [0.0, 0.1]},
         "plugin": {"values": [["cosine", "dropout", "weight-decay"], ["cosine", "dropout", "weight-decay", "crop"],
