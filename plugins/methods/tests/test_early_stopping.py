@@ -50,7 +50,7 @@ CASES = {  # script, parameters, the epoch it stops at (None: it trains every ep
     "max on a loss": ([1.0, 0.8, 0.9, 0.7, 0.75, 0.71, 0.1], {"patience": 2, "metric": "scripted/loss", "mode": "max"},
                       3, "scripted/loss did not improve for 2 epochs (best 1.0000 at epoch 1)"),
     "min on a score": ([0.5, 0.6, 0.4, 0.45], {"patience": 1, "mode": "min"}, 2,
-                       "scripted/score did not improve for 1 epochs (best 0.5000 at epoch 1)"),
+                       "scripted/score did not improve for 1 epoch (best 0.5000 at epoch 1)"),
 }
 
 

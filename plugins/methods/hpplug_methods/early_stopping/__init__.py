@@ -62,7 +62,8 @@ class EarlyStopping(Plugin):
             return None
         by = f" by more than {self.min_delta:g}" if self.min_delta else ""
         best = f"best {self.best:.4f} at epoch {self.best_epoch}" if self.best is not None else "never a finite number"
-        return f"{self.metric} did not improve{by} for {self.bad_epochs} epochs ({best})"
+        epochs = f"{self.bad_epochs} epoch{'s' if self.bad_epochs != 1 else ''}"
+        return f"{self.metric} did not improve{by} for {epochs} ({best})"
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
