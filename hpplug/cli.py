@@ -273,7 +273,10 @@ def run_command(catalog: dict[str, Any]) -> click.Command:
              "(--val-fraction 0 trains on the whole training set, as the article does). "
              "Plugin parameters are --<plugin>.<param>=VALUE, e.g. --cosine.eta_min=0.0001; "
              "`hpplug run --plugin NAME --help` shows only the options that apply.",
-        short_help="Train a model assembled from plugins.")
+        short_help=RUN_SHORT_HELP)
+
+
+RUN_SHORT_HELP = "Train a model assembled from plugins."
 
 
 # Commands defined in their own modules, imported only when used: "name": "module:attr".
@@ -302,6 +305,17 @@ class HpplugCLI(click.Group):
             module, attr = LAZY_COMMANDS[name].split(":")
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``hpplug --help``, without building ``run``: that would import
+        every plugin, and torch with them, for one line of help."""
+        rows = [("run", RUN_SHORT_HELP)]
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name) if name != "run" else None
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(formatter.width - 6 - len(name))))
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(rows))
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
                                                                              list[str]]:

@@ -17,7 +17,6 @@ import click
 from hpplug import __version__
 from hpplug.errors import HpplugError
 from hpplug.config import Folder
-from hpplug.discovery import GROUP, NAME_PATTERN, NAME_RULE
 
 PYPROJECT = Template('''\
 [build-system]
@@ -161,6 +160,8 @@ def names_for(name: str) -> dict[str, str]:
 
 def write_plugin(name: str, parent: Path) -> Path:
     """Write ``parent/hpplug-NAME/`` and return it; raises HpplugError for a bad NAME."""
+    from hpplug.discovery import GROUP, NAME_PATTERN, NAME_RULE  # here: `hpplug --help` needs no torch
+
     if not NAME_PATTERN.match(name):  # so NAME can never be a path: no separator, no dot
         raise HpplugError(f"plugin name {name[:80]!r}: {NAME_RULE}, e.g. my-thing")
     if name.startswith("hpplug-"):

@@ -215,3 +215,13 @@ def test_the_completion_script_and_a_real_completion_are_what_the_readme_says() 
                           env={**os.environ, "_HPPLUG_COMPLETE": "bash_complete",
                                "COMP_WORDS": "hpplug run --plugin cos", "COMP_CWORD": "3"})
     assert (proc.returncode, proc.stdout) == (0, "plain,cosine\n"), proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], []])
+def test_help_and_version_do_not_import_torch_accelerate_or_wandb(argv) -> None:
+    """They answer at once: nothing heavy is imported until a command needs it (issue 13's fast start)."""
+    probe = ("import sys\nfrom hpplug.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'accelerate', 'wandb') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "hpplug" in done.stdout and done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:]
