@@ -41,11 +41,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from hpplug.api import train
-    from hpplug.components import Dataset, Model, Splits, TensorSplit
-    from hpplug.config import RunConfig
-    from hpplug.errors import HpplugError
-    from hpplug.hookspecs import hookimpl
-    from hpplug.notices import warn
-    from hpplug.plugin import Batch, Param, Plugin, Progress
-    from hpplug.step import Step
+    from hpplug.api import train  # noqa: F401
+    from hpplug.components import Dataset, Model, Splits, TensorSplit  # noqa: F401
+    from hpplug.config import RunConfig  # noqa: F401
+    from hpplug.errors import HpplugError  # noqa: F401
+    from hpplug.hookspecs import hookimpl  # noqa: F401
+    from hpplug.notices import warn  # noqa: F401
+    from hpplug.plugin import Batch, Param, Plugin, Progress  # noqa: F401
+    from hpplug.step import Step  # noqa: F401
