@@ -281,23 +281,41 @@ def train_epoch(loop: Loop, bar: Any) -> dict[str, float]:
             lr = set_lr(loop)
             train_update(loop, feed, min(per_update, n - u * per_update))
             bar.update(1)
-            update = loop.progress.update
-            if update % c.log_every == 0:
-                s.epoch_sums += s.window
-                loss, _ = _mean(loop, s.window)
-                s.window.zero_()
-                logged = {"train/loss": loss, "lr": lr, "epoch": loop.progress.epoch_fraction}
-                for extra in loop.hook.hpplug_update_metrics(progress=loop.progress):
-                    logged.update(extra)
-                loop.tracker.log(logged, step=update)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}")
-            if loop.every and loop.every.unit == "updates" and update % loop.every.n == 0:
+            if loop.progress.update % c.log_every == 0:
+                bar.set_postfix(loss=f"{log_update(loop, lr):.4f}", lr=f"{lr:.3g}")
+            if update_checkpoint_due(loop):
                 s.epoch_time += time.perf_counter() - start
                 loop.save_checkpoint()  # not counted as training time
                 start = time.perf_counter()
             _check_stop(loop)
     finally:
         s.epoch_time += time.perf_counter() - start
+    return epoch_train_metrics(loop, first, lr)
+
+
+def log_update(loop: Loop, lr: float) -> float:
+    """Every ``--log-every`` updates: the mean loss since the last log, the LR and the
+    plugins' update metrics, logged at this update; returns that loss."""
+    s = loop.state
+    s.epoch_sums += s.window
+    loss, _ = _mean(loop, s.window)
+    s.window.zero_()
+    logged = {"train/loss": loss, "lr": lr, "epoch": loop.progress.epoch_fraction}
+    for extra in loop.hook.hpplug_update_metrics(progress=loop.progress):
+        logged.update(extra)
+    loop.tracker.log(logged, step=loop.progress.update)
+    return loss
+
+
+def update_checkpoint_due(loop: Loop) -> bool:
+    """``--checkpoint-every N[updates]`` falls on the update just taken."""
+    return bool(loop.every and loop.every.unit == "updates" and loop.progress.update % loop.every.n == 0)
+
+
+def epoch_train_metrics(loop: Loop, first: int, lr: float) -> dict[str, float]:
+    """The epoch's training metrics (it trained from its update ``first``), folded into the
+    run's totals; the running sums start again."""
+    s, n, per_update = loop.state, len(loop.data.train), loop.config.global_batch_size
     s.epoch_sums += s.window
     s.window.zero_()
     loss, accuracy = _mean(loop, s.epoch_sums)  # .tolist() waits for the device
@@ -320,6 +338,23 @@ def _stop_reason(loop: Loop, metrics: dict[str, float]) -> str | None:
     return reason
 
 
+def end_epoch(loop: Loop, metrics: dict[str, float], show: Callable[[dict[str, float]], Any]) -> bool:
+    """After an epoch's training and validation: count it, add the plugins' extras,
+    ``show`` and log the epoch's metrics, ask the plugins whether to stop. Returns whether
+    a checkpoint is due (the last epoch's is saved after ``hpplug_train_end``)."""
+    s, every = loop.state, loop.every
+    s.count_epoch()
+    for extra in loop.hook.hpplug_epoch_end(metrics=MappingProxyType(metrics), progress=loop.progress):
+        metrics.update(extra)
+    metrics["epoch"] = loop.progress.epoch
+    show(metrics)
+    s.history.append(metrics)
+    loop.tracker.log(metrics, step=loop.progress.update)
+    s.stop_reason = _stop_reason(loop, metrics)
+    last = s.stop_reason is not None or loop.progress.epoch == loop.config.epochs
+    return bool(every and not last and (every.unit == "updates" or loop.progress.epoch % every.n == 0))
+
+
 def fit(loop: Loop, bar_factory: Callable[..., Any]) -> dict[str, float]:
     """Train for the remaining epochs, validating after each, until the last epoch or a
     plugin's stop; then end training. Returns the last epoch's metrics."""
@@ -335,16 +370,8 @@ def fit(loop: Loop, bar_factory: Callable[..., Any]) -> dict[str, float]:
             metrics = train_epoch(loop, bar)
             if loop.data.val is not None:
                 evaluate(loop, loop.data.val, "val", metrics)
-            s.count_epoch()
-            for extra in loop.hook.hpplug_epoch_end(metrics=MappingProxyType(metrics), progress=loop.progress):
-                metrics.update(extra)
-            metrics["epoch"] = loop.progress.epoch
-            bar.epoch_done(metrics)
-        s.history.append(metrics)
-        loop.tracker.log(metrics, step=loop.progress.update)
-        s.stop_reason = _stop_reason(loop, metrics)
-        last = s.stop_reason is not None or loop.progress.epoch == loop.config.epochs
-        if every and not last and (every.unit == "updates" or loop.progress.epoch % every.n == 0):
+            due = end_epoch(loop, metrics, bar.epoch_done)
+        if due:
             loop.save_checkpoint()
     loop.hook.hpplug_train_end(model=loop.module, progress=loop.progress, train_inputs=lambda: train_inputs(loop))
     s.trained = True

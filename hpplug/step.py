@@ -69,12 +69,17 @@ def micro_step(loop: Loop, batch: Batch, last: bool, scale: float) -> tuple[torc
     return logits.detach(), losses.detach()
 
 
+def seed_draws(loop: Loop, update: int) -> None:
+    """Seed ``loop.batch_generator`` for ``update``: augmentation draws are a pure function of
+    (seed, process, update), so a resumed or repeated run draws alike."""
+    loop.batch_generator.manual_seed(loop.config.seed * 1_000_003 + update * 131 + loop.accelerator.process_index)
+
+
 def train_update(loop: Loop, feed: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], size: int) -> None:
     """One optimizer update over the next ``grad_accum`` micro-batches of ``feed`` (``size``
     samples over all processes)."""
     c, acc, sums, train = loop.config, loop.accelerator, loop.state.window, loop.data.train
-    # Per-update seed: augmentation draws are a pure function of (seed, rank, update).
-    loop.batch_generator.manual_seed(c.seed * 1_000_003 + loop.progress.update * 131 + acc.process_index)
+    seed_draws(loop, loop.progress.update)
     scale, batches = acc.num_processes / size, []
     for i in range(c.grad_accum):  # each micro-batch: transforms, forward, loss, backward (hookspecs.ORDER)
         x, y, index = next(feed)

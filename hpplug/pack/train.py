@@ -12,20 +12,20 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator
-from types import MappingProxyType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from hpplug.console import EpochBar, format_metrics
-from hpplug.loop import (Stopped, _mean, _stop_reason, _with_index, epoch_order, micro_batches, set_lr,
-                         train_inputs)
+from hpplug.loop import (Stopped, _with_index, end_epoch, epoch_order, epoch_train_metrics, log_update,
+                         micro_batches, set_lr, train_inputs, update_checkpoint_due)
 from hpplug.pack.evaluate import Metrics, evaluate
 from hpplug.pack.member import Member
 from hpplug.pack.packed import Pack
 from hpplug.pack.share import assemble, by_batch, labels
 from hpplug.plugin import Batch
+from hpplug.step import seed_draws
 
 
 def fit(pack: Pack, show_progress: bool) -> None:
@@ -59,19 +59,13 @@ def fit(pack: Pack, show_progress: bool) -> None:
 
 
 def epoch_end(m: Member, metrics: dict[str, Any], show_progress: bool) -> None:
-    loop, s = m.loop, m.loop.state
-    s.count_epoch()
-    for extra in loop.hook.hpplug_epoch_end(metrics=MappingProxyType(metrics), progress=loop.progress):
-        metrics.update(extra)
-    metrics["epoch"] = loop.progress.epoch
-    if show_progress:
-        print(f"{m.run_id} epoch {loop.progress.epoch}/{loop.progress.epochs}  {format_metrics(metrics)}",
-              file=sys.stderr)
-    s.history.append(metrics)
-    loop.tracker.log(metrics, step=loop.progress.update)
-    s.stop_reason = _stop_reason(loop, metrics)
-    last = s.stop_reason is not None or loop.progress.epoch == loop.config.epochs
-    if loop.every and not last and (loop.every.unit == "updates" or loop.progress.epoch % loop.every.n == 0):
+    """``hpplug.loop.end_epoch`` for one member, its line named by its run id."""
+    def show(shown: dict[str, Any]) -> None:
+        if show_progress:
+            print(f"{m.run_id} epoch {m.loop.progress.epoch}/{m.loop.progress.epochs}  {format_metrics(shown)}",
+                  file=sys.stderr)
+
+    if end_epoch(m.loop, metrics, show):
         m.save()
 
 
@@ -129,20 +123,7 @@ def train_epoch(pack: Pack, bar: EpochBar) -> Metrics:
                 bar.set_postfix(lr=f"{pack.members[0].lr:.3g}")
     finally:
         pack.clock(start)
-    metrics: Metrics = {}
-    for m in pack.members:
-        s = m.loop.state
-        s.epoch_sums += s.window
-        s.window.zero_()
-        loss, accuracy = _mean(m.loop, s.epoch_sums)
-        samples = n - first * per_update
-        elapsed, s.epoch_time = s.epoch_time, 0.0
-        s.epoch_sums.zero_()
-        s.train_time += elapsed
-        s.train_samples += samples
-        metrics[m] = {"train/loss": loss, "train/accuracy": accuracy, "train/samples_per_s": samples / elapsed,
-                      "lr": m.lr}
-    return metrics
+    return {m: epoch_train_metrics(m.loop, first, m.lr) for m in pack.members}
 
 
 def after_update(pack: Pack, start: float) -> float:
@@ -150,20 +131,14 @@ def after_update(pack: Pack, start: float) -> float:
     ``hpplug.loop.train_epoch``'s order; returns the restarted clock."""
     saving = []
     for m in pack.members:
-        loop, s = m.loop, m.loop.state
+        loop = m.loop
         update = loop.progress.update
         if m.exit is not None:  # its plugin failed in this update: the run ends there
             continue
         with pack.own(m):
             if update % loop.config.log_every == 0:
-                s.epoch_sums += s.window
-                loss, _ = _mean(loop, s.window)
-                s.window.zero_()
-                logged = {"train/loss": loss, "lr": m.lr, "epoch": loop.progress.epoch_fraction}
-                for extra in loop.hook.hpplug_update_metrics(progress=loop.progress):
-                    logged.update(extra)
-                loop.tracker.log(logged, step=update)
-            if loop.every and loop.every.unit == "updates" and update % loop.every.n == 0:
+                log_update(loop, m.lr)
+            if update_checkpoint_due(loop):
                 saving.append(m)
     if saving:
         pack.clock(start)  # a checkpoint is not training time
@@ -187,9 +162,7 @@ def update(pack: Pack, feeds: dict[int, Iterator[Any]], size: int) -> None:
     lead = members[0].loop
     groups = by_batch(members, train=True)
     for group in groups:  # the group's transforms, and their generator, are its first member's
-        loop = group[0].loop
-        loop.batch_generator.manual_seed(loop.config.seed * 1_000_003 + lead.progress.update * 131
-                                         + loop.accelerator.process_index)
+        seed_draws(group[0].loop, lead.progress.update)
     seeds = {m.config.seed for m in members}
     for _ in range(lead.config.grad_accum):
         raw = {seed: next(feed) for seed, feed in feeds.items() if seed in seeds}
