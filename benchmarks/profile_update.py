@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                 start = CLOCK()
                 training.train_epoch(loop, bar)
                 wall += CLOCK() - start
-            loop.progress.epoch += 1
+            loop.state.count_epoch()  # the loop counts it in fit; Progress is frozen
         updates = loop.progress.update
         times, calls = dict(TIMES), dict(CALLS)  # before the bare loops add to the shared timers
         bare_aug = bare_loop(loop, augment=True)
