@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import inspect
 import os
 import re
@@ -87,7 +88,7 @@ class PluginEntry:
 
     @property
     def hooks(self) -> list[str]:
-        return sorted(set(_implementations(self.cls).values())) if self.cls is not None else []
+        return list(hooks_of(self.cls)) if self.cls is not None else []
 
 
 def third_party_disabled() -> bool:
@@ -238,6 +239,12 @@ def _implementations(cls: type, wrappers: bool = True) -> dict[str, str]:
         if opts is not None and (wrappers or not (opts.get("wrapper") or opts.get("hookwrapper"))):
             found[attr] = opts.get("specname") or attr
     return found
+
+
+@functools.lru_cache(maxsize=None)
+def hooks_of(cls: type) -> tuple[str, ...]:
+    """The hooks ``cls`` implements, sorted (cached: a class's markers do not change)."""
+    return tuple(sorted(set(_implementations(cls).values())))
 
 
 def first_result_hooks(cls: type) -> list[str]:

@@ -13,10 +13,11 @@ model of its own).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from hpplug.discovery import hooks_of
 
 # A file a sweep runner writes into a member's record to stop it early (hpplug.pack.member).
 STOP_REQUEST = "stop-request"
@@ -34,13 +35,6 @@ else:
 # of updates. Everything else (LR, momentum, seed, plugins' values, logging) is per member.
 SHARED = ("model", "dataset", "data_root", "val_fraction", "loader", "workers", "batch_size", "grad_accum",
           "epochs", "optimizer", "eval_batch_size", "mixed_precision")
-
-@functools.lru_cache(maxsize=None)
-def hooks_of(cls: type) -> tuple[str, ...]:
-    from hpplug.discovery import _implementations
-
-    return tuple(sorted(set(_implementations(cls).values())))
-
 
 def packable(cls: type) -> bool:
     """Whether a plugin class supports packing: it declares it (``Plugin.packable``), or it
@@ -82,7 +76,7 @@ def why_not_packable(members: Sequence[MemberSpec]) -> str | None:
         if problem:
             return problem
     problem = _differ("the plugins that change the model", [
-        [e.name for e in entries if "hpplug_adjust_model" in hooks_of(e.cls)] for _, entries, _, _ in members])
+        [e.name for e in entries if "hpplug_adjust_model" in e.hooks] for _, entries, _, _ in members])
     if problem:
         return problem
     records = [Path(resume) if resume is not None else Path(config.output_dir) / run_id
