@@ -48,6 +48,14 @@ def packable(cls: type) -> bool:
     return getattr(cls, "packable", False) is True or (issubclass(cls, Dataset) and not hooks)
 
 
+def _why(cls: type | None) -> str:
+    """What makes a plugin class unpackable, when it is more than not declaring it."""
+    if cls is not None and "hpplug_optimizer_step" in hooks_of(cls):
+        return (": it drives the optimizer step (hpplug_optimizer_step), which a pack takes once for all its "
+                "trials")
+    return ""
+
+
 def _differ(what: str, values: Sequence[Any]) -> str | None:
     shown = list(dict.fromkeys(str(v) for v in values))
     return f"the trials differ in {what} ({', '.join(shown[:4])}): a pack shares it" if len(shown) > 1 else None
@@ -60,7 +68,7 @@ def why_not_packable(members: Sequence[MemberSpec]) -> str | None:
     for config, entries, _, _ in members:
         for entry in entries:
             if entry.cls is None or not packable(entry.cls):
-                return f"plugin {entry.name} ({entry.distribution}) does not support packing"
+                return f"plugin {entry.name} ({entry.distribution}) does not support packing{_why(entry.cls)}"
         if config.mixed_precision == "fp16":
             return "fp16 scales each run's loss on its own: a pack trains in full precision (no) or bf16"
     configs = [m[0] for m in members]

@@ -34,6 +34,7 @@ class Mixing(Plugin):
     :meth:`mix`."""
 
     kind = "augmentation"
+    packable = True  # draws from batch.generator only: it trains in a pack (hpplug.pack)
 
     def mix(self, batch: Batch, lam: torch.Tensor, perm: torch.Tensor) -> None:
         """Replace ``batch.x`` and ``batch.y`` by their mix with ``batch.x[perm]``, ``batch.y[perm]``."""

@@ -40,6 +40,7 @@ class WeightAverage(Plugin):
     # Two averages would swap their weights in over each other's and restore the wrong ones.
     slot = "weight-average"
     label: ClassVar[str] = "weight-average"
+    packable = True  # per-trial average of the member's weights (views of its stacked slice): it trains in a pack
 
     def __init__(self, **values: Any) -> None:
         super().__init__(**values)

@@ -34,6 +34,7 @@ class Cutout(Plugin):
     """Zero a random square, clipped at the borders, in each training image."""
 
     kind = "augmentation"
+    packable = True  # draws from batch.generator only: it trains in a pack (hpplug.pack)
     params = {
         "size": Param(float, 0.5, "side of the erased square, as a fraction of the image's shorter side",
                       min=0.0, max=1.0),

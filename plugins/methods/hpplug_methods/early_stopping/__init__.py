@@ -22,6 +22,7 @@ class EarlyStopping(Plugin):
     improvement of more than ``min_delta`` in ``metric``."""
 
     kind = "stopping"
+    packable = True  # hooks are per trial: it stops its member only (hpplug.pack)
     params = {
         "metric": Param(str, "val/accuracy", "metric to watch: any of an epoch's metrics (val/loss, a plugin's ...)"),
         "mode": Param(str, "auto", "max: higher is better; min: lower is better; auto: min for names with 'loss', "

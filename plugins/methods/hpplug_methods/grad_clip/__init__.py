@@ -25,6 +25,7 @@ class GradClip(Plugin):
     """``torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, norm_type)`` per update."""
 
     kind = "optimizer"
+    packable = True  # clips the member's gradients (views of its stacked slice) in place: it trains in a pack
     params = {
         "max_norm": Param(float, 1.0, "largest norm of all gradients together (> 0)", min=0.0),
         "norm_type": Param(float, 2.0, "p of the p-norm (2: Euclidean)", min=1.0),
