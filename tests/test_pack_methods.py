@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpplug import discovery, engine
+from hpplug import HpplugError, discovery, engine
 from hpplug.errors import PluginError
 from hpplug.pack import packable, run_pack, why_not_packable
 
@@ -30,9 +30,10 @@ EPOCHS = {"epochs": 2, "log_every": 1, "checkpoint_every": "1epoch"}
 
 
 def assert_alike(packed, single) -> None:
-    """A member against its run alone: status, stop, every logged value, final weights."""
-    assert (packed.status, packed.summary.get("stop_reason"), packed.summary["updates"]) == \
-        (single.status, single.summary.get("stop_reason"), single.summary["updates"])
+    """A member against its run alone: status, stop or error, every logged value, final weights."""
+    stop = ("status", "stop_reason", "updates", "error", "error_plugin")
+    mine, theirs = summary(packed.record_dir), summary(single.record_dir)
+    assert {k: mine.get(k) for k in stop} == {k: theirs.get(k) for k in stop}
     a, b = rows(packed.record_dir), rows(single.record_dir)
     assert [(r["step"], sorted(r)) for r in a] == [(r["step"], sorted(r)) for r in b]
     for x, y in zip(a, b):
@@ -69,7 +70,7 @@ def alone_or_failed(spec, out: Path, monkeypatch) -> engine.RunResult:
     """The trial through ``engine.run``; a run that fails raises there: its record then."""
     try:
         return alone(spec, out, monkeypatch)
-    except PluginError:
+    except (PluginError, HpplugError):
         record = out / spec[2]
         return engine.RunResult(spec[2], summary(record)["status"], summary(record), str(record), None, None)
 
@@ -138,7 +139,8 @@ def test_grad_clip_members_clip_their_own_gradients_and_log_their_norms(tmp_path
 
 def test_early_stopping_stops_its_member_and_the_others_go_on(tmp_path, monkeypatch):
     """One member stops after its second epoch (its reason and test as alone) while the
-    others go on: one watching val/loss to the last epoch, one that stops at the last."""
+    others go on: one watching val/loss to the last epoch, one that stops at the last; one
+    watching a metric the run does not log fails after its first epoch, as alone."""
     common = {"epochs": 3, "log_every": 1, "checkpoint_every": "1epoch"}
     specs = lambda out: [  # noqa: E731
         member(out, "strict", ["early-stopping"], {"early-stopping": {"patience": 1, "min_delta": 0.5}}, lr=0.2,
@@ -147,21 +149,24 @@ def test_early_stopping_stops_its_member_and_the_others_go_on(tmp_path, monkeypa
                seed=2, **common),
         member(out, "last", ["early-stopping"], {"early-stopping": {"patience": 2, "metric": "lr"}}, lr=0.1,
                seed=3, **common),
+        member(out, "typo", ["early-stopping"], {"early-stopping": {"metric": "val/acc"}}, lr=0.1, seed=4, **common),
     ]
-    strict, loss, last = pack_against_alone(tmp_path, monkeypatch, specs,
-                                            [("strict", "stopped"), ("loss", "finished"), ("last", "stopped")])
+    strict, loss, last, typo = pack_against_alone(tmp_path, monkeypatch, specs, [
+        ("strict", "stopped"), ("loss", "finished"), ("last", "stopped"), ("typo", "failed")])
+    assert typo.summary["updates"] == 21 and "--early-stopping.metric 'val/acc'" in typo.summary["error"]
     assert strict.summary["updates"] == 42 and "val/accuracy did not improve" in strict.summary["stop_reason"]
     assert loss.summary["updates"] == last.summary["updates"] == 63 and "lr did not improve" in last.summary["stop_reason"]
 
 
 def test_mixup_cutmix_and_cutout_members_draw_what_they_draw_alone(tmp_path, monkeypatch):
     """Each member's batches mixed and cut by its own plugins, values and draws (soft targets
-    for some members, class indices for another, in one pack)."""
+    for some members, class indices for another, in one pack), micro-batch by micro-batch."""
+    accum = {**EPOCHS, "grad_accum": 2}
     specs = lambda out: [  # noqa: E731
-        member(out, "mixup", ["mixup"], {"mixup": {"alpha": 0.4}}, lr=0.2, seed=1, **EPOCHS),
+        member(out, "mixup", ["mixup"], {"mixup": {"alpha": 0.4}}, lr=0.2, seed=1, **accum),
         member(out, "cutmix", ["cutmix", "cutout"], {"cutmix": {"alpha": 1.0, "prob": 0.5}, "cutout": {"size": 0.25}},
-               lr=0.05, seed=2, **EPOCHS),
-        member(out, "cutout", ["cutout"], {"cutout": {"size": 0.5}}, lr=0.1, seed=1, **EPOCHS),
+               lr=0.05, seed=2, **accum),
+        member(out, "cutout", ["cutout"], {"cutout": {"size": 0.5}}, lr=0.1, seed=1, **accum),
     ]
     pack_against_alone(tmp_path, monkeypatch, specs, [("mixup", "finished"), ("cutmix", "finished"),
                                                       ("cutout", "finished")])
@@ -176,9 +181,13 @@ def signaller(hpplug_register):
 
 
 def resume_specs(out: Path) -> list:
-    """Members with ema, swa and grad-clip, and one whose early stopping ends it at update 42."""
+    """Members with ema, swa and grad-clip, one whose early stopping ends it at update 42,
+    one whose early stopping ends it at its last epoch only if its state of the first two
+    (the best value and one epoch without improvement) survives the kill."""
     common = {"epochs": 3, "log_every": 4, "checkpoint_every": "10"}
-    return [member(out, "ema", ["signaller", "ema", "dropout"], {"ema": {"decay": 0.95}}, lr=0.2, seed=1, **common),
+    return [member(out, "ema", ["signaller", "ema", "early-stopping", "dropout"],
+                   {"ema": {"decay": 0.95}, "early-stopping": {"metric": "lr", "patience": 2}}, lr=0.2, seed=1,
+                   **common),
             member(out, "clip", ["signaller", "grad-clip", "swa", "dropout"], {"grad-clip": {"max_norm": 1.0}, "swa": {"start": 0.3}},
                    lr=0.1, seed=2, **common),
             member(out, "stop", ["signaller", "early-stopping", "ema", "dropout"],
@@ -207,8 +216,10 @@ def test_a_killed_pack_of_methods_resumes_to_the_uninterrupted_result(tmp_path, 
     catalog = discovery.discover()
     resumes = [(*resumed_config(catalog, tmp_path / "cut" / r), r, tmp_path / "cut" / r) for r in ("ema", "clip")]
     assert in_child(lambda: run_pack(resumes), tmp_path / "child3") == 0
-    for r in ("ema", "clip"):
+    for r, status in (("ema", "stopped"), ("clip", "finished")):
         cut, base = tmp_path / "cut" / r, tmp_path / "base" / r
-        assert summary(cut)["status"] == "finished"
+        assert summary(cut)["status"] == summary(base)["status"] == status
+        kept = lambda record: {k: v for k, v in summary(record).items() if k not in VOLATILE | {"pack/size"}}  # noqa: E731
+        assert kept(cut) == kept(base), "the resumed pack has two members, the first had three"
         assert rows(cut) == rows(base)
         assert all(torch.equal(x, y) for x, y in zip(weights(cut).values(), weights(base).values()))
