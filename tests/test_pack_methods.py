@@ -12,6 +12,7 @@ the optimizer step and is refused with the reason. A killed pack with ``ema`` an
 
 from __future__ import annotations
 
+import inspect
 import json
 import signal
 from pathlib import Path
@@ -81,6 +82,7 @@ def boom(hpplug_register):
 
 
 def test_the_methods_declare_packing_and_sam_is_refused_with_the_reason(tmp_path):
+    """Declared in the class, said in the method card; sam's refusal names the step."""
     catalog = discovery.discover()
     assert all(packable(catalog[name].cls) for name in METHODS)
     assert not packable(catalog["sam"].cls)
@@ -88,6 +90,9 @@ def test_the_methods_declare_packing_and_sam_is_refused_with_the_reason(tmp_path
     assert line == ("plugin sam (hpplug-methods) does not support packing: it drives the optimizer step "
                     "(hpplug_optimizer_step), which a pack takes once for all its trials")
     assert why_not_packable([member(tmp_path, name, [name]) for name in METHODS]) is None
+    for name in (*METHODS, "sam"):  # each method card says whether it packs, as its class does
+        card = Path(inspect.getfile(catalog[name].cls)).parent / "README.md"
+        assert f"**Packs:** {'yes' if packable(catalog[name].cls) else 'no'}" in card.read_text(), name
 
 
 def test_ema_members_evaluate_and_keep_their_own_average(tmp_path, monkeypatch, boom):
