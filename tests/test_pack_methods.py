@@ -177,6 +177,15 @@ def test_mixup_cutmix_and_cutout_members_draw_what_they_draw_alone(tmp_path, mon
                                                       ("cutout", "finished")])
 
 
+def test_members_with_the_same_draws_share_one_mixed_batch(tmp_path, monkeypatch):
+    """The same seed and values: one batch, mixed and cut once, soft targets and all, for
+    members that differ in LR and momentum only (vmap's shared input)."""
+    mixing = {"mixup": {"alpha": 1.0}, "cutout": {"size": 0.3}}
+    specs = lambda out: [member(out, run_id, ["mixup", "cutout"], mixing, lr=lr, seed=5, momentum=m,  # noqa: E731
+                                **EPOCHS) for run_id, lr, m in (("high", 0.2, 0.0), ("low", 0.05, 0.9))]
+    pack_against_alone(tmp_path, monkeypatch, specs, [("high", "finished"), ("low", "finished")])
+
+
 # --- kill and resume ---------------------------------------------------------------------------
 
 
