@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpplug import HpplugError, discovery, engine
+from hpplug import HpplugError, Param, Plugin, discovery, engine, hookimpl
 from hpplug.errors import PluginError
 from hpplug.pack import packable, run_pack, why_not_packable
 
@@ -184,6 +184,83 @@ def test_members_with_the_same_draws_share_one_mixed_batch(tmp_path, monkeypatch
     specs = lambda out: [member(out, run_id, ["mixup", "cutout"], mixing, lr=lr, seed=5, momentum=m,  # noqa: E731
                                 **EPOCHS) for run_id, lr, m in (("high", 0.2, 0.0), ("low", 0.05, 0.9))]
     pack_against_alone(tmp_path, monkeypatch, specs, [("high", "finished"), ("low", "finished")])
+
+
+# --- hooks that replace weights or gradients instead of changing them in place ---------------------
+
+
+class ValueClip(Plugin):
+    """Clamps every gradient value, as a new tensor (``p.grad = ...``)."""
+
+    packable = True
+    params = {"clip": Param(float, 0.01, "largest gradient value")}
+
+    @hookimpl
+    def hpplug_before_optimizer_step(self, model):
+        for p in model.parameters():
+            p.grad = p.grad.clamp(-self.clip, self.clip)
+
+
+class Shrink(Plugin):
+    """Shrinks the weights after every step as new tensors (``p.data = ...``), then
+    ``zero_grad()`` (gradients to None); swaps in halved weights for each evaluation."""
+
+    packable = True
+    params = {"by": Param(float, 0.99, "factor")}
+
+    @hookimpl
+    def hpplug_after_optimizer_step(self, model):
+        for p in model.parameters():
+            p.data = p.data * self.by
+        model.zero_grad()
+
+    @hookimpl
+    def hpplug_evaluation_start(self, model):
+        self.kept = [p.data for p in model.parameters()]
+        for p in model.parameters():
+            p.data = p.data / 2
+
+    @hookimpl
+    def hpplug_evaluation_end(self, model):
+        for p, kept in zip(model.parameters(), self.kept):
+            p.data = kept
+
+
+class Unset(Plugin):
+    """Sets the gradients to None before the step: torch would skip those weights."""
+
+    packable = True
+
+    @hookimpl
+    def hpplug_before_optimizer_step(self, model, progress):
+        if progress.update == 5:
+            model.zero_grad()
+
+
+@pytest.fixture
+def replacing(hpplug_register):
+    for name, cls in (("valueclip", ValueClip), ("shrink", Shrink), ("unset", Unset)):
+        hpplug_register(name, cls)
+
+
+def test_hooks_that_replace_weights_or_gradients_train_as_alone(tmp_path, monkeypatch, replacing):
+    """``p.grad = ...`` before the step, ``p.data = ...`` and ``zero_grad()`` after it and in
+    evaluations (keeping the old weights to put back): the pack stacks the members' tensors
+    again, momentum and all, so each trains as alone (grad-clip, after the zero_grad, still
+    sees and logs its member's gradients). A gradient set to None before the step ends that
+    member with the reason; the others go on."""
+    specs = lambda out: [  # noqa: E731
+        member(out, "values", ["valueclip"], {"valueclip": {"clip": 0.005}}, lr=0.2, seed=1, momentum=0.9, **EPOCHS),
+        member(out, "shrink", ["shrink", "grad-clip"], {"shrink": {"by": 0.98}}, lr=0.1, seed=2, momentum=0.5,
+               **EPOCHS),
+        member(out, "unset", ["unset"], lr=0.1, seed=3, **EPOCHS),
+    ]
+    packed = run_pack(specs(tmp_path / "pack"))
+    assert [(r.run_id, r.status) for r in packed] == [("values", "finished"), ("shrink", "finished"),
+                                                      ("unset", "failed")]
+    assert packed[2].summary["updates"] == 5 and "gradient of 1.weight to None before the optimizer step" in packed[2].summary["error"]
+    for p, spec in zip(packed[:2], specs(tmp_path / "alone")):
+        assert_alike(p, alone(spec, tmp_path / "alone", monkeypatch))
 
 
 # --- kill and resume ---------------------------------------------------------------------------

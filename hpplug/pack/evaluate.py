@@ -23,8 +23,7 @@ def evaluate(pack: Pack, members: list[Member], source: Source, split: str, metr
     ``<split>/accuracy`` and ``<split>/samples`` added to ``metrics[member]``."""
     for m in members:
         m.loop.model.eval()
-        with pack.own(m):
-            m.loop.hook.hpplug_evaluation_start(model=m.module, split=split, progress=m.loop.progress)
+        pack.model_hook(m, "hpplug_evaluation_start", split=split)
     members = [m for m in members if m.exit is None]
     if members:
         rows = [pack.members.index(m) for m in members]
@@ -52,7 +51,5 @@ def evaluate(pack: Pack, members: list[Member], source: Source, split: str, metr
             metrics[m].update({f"{split}/loss": loss / count, f"{split}/accuracy": correct / count,
                                f"{split}/samples": int(count)})
     for m in members:
-        with pack.own(m):
-            m.loop.hook.hpplug_evaluation_end(metrics=MappingProxyType(metrics[m]), model=m.module, split=split,
-                                              progress=m.loop.progress)
+        pack.model_hook(m, "hpplug_evaluation_end", metrics=MappingProxyType(metrics[m]), split=split)
         m.loop.model.train()

@@ -54,6 +54,20 @@ class Pack:
             for member in members:
                 member.leave("failed", exc)
 
+    def model_hook(self, m: Member, name: str, stepping: bool = False, **kwargs: Any) -> None:
+        """Call hook ``name`` of ``m`` with its module as the model (within :meth:`own`), its
+        weights and gradients stacked again if it replaced one (``Stack.replaced``)."""
+        hook = getattr(m.loop.hook, name)
+        with self.own(m):
+            hook(model=m.module, progress=m.loop.progress, **kwargs)
+            if hook.get_hookimpls() and self.stack.replaced(self.members.index(m), stepping):
+                self.relink()
+
+    def relink(self) -> None:
+        """Stack the members' weights, gradients and optimizer states again."""
+        self.stack.link([m.module for m in self.members])
+        self.optimizer.link([m.loop.optimizer for m in self.members])
+
     def settle(self) -> None:
         """Close the runs of the members that must leave; stack the others again."""
         leaving = [m for m in self.members if m.exit is not None]
@@ -63,8 +77,7 @@ class Pack:
             member.finish(*member.exit)  # type: ignore[misc]
         self.members = [m for m in self.members if m.exit is None]
         if self.members:
-            self.stack.link([m.module for m in self.members])
-            self.optimizer.link([m.loop.optimizer for m in self.members])
+            self.relink()
             self._link_sums()
 
     def clock(self, start: float) -> float:

@@ -3,7 +3,9 @@
 Each member keeps its own module, built, seeded and adjusted exactly as alone; its
 parameters become views of its slice of the stacked tensors, and its gradients views of
 theirs. What a hook reads or changes in a member's model (a weight average, a gradient
-clip, a checkpoint, a resume) is the packed state itself.
+clip, a checkpoint, a resume) is the packed state itself; after a hook that replaces a
+weight or a gradient instead (``p.data = ...``, ``p.grad = ...``) they are stacked again
+(:meth:`Stack.replaced`).
 
 The forward is ``vmap(functional_call(base, ...))`` over the members: ``base`` is a copy of
 the first member's module on the meta device whose ``nn.Dropout`` layers take their masks
@@ -72,6 +74,11 @@ def check_alike(modules: Sequence[nn.Module]) -> None:
         raise HpplugError(f"parameter {frozen[0]} is frozen (requires_grad=False), which a pack does not support")
 
 
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    """A parameter's gradient to stack: zero where it has none (a new module, after zero_grad())."""
+    return p.grad.detach() if p.grad is not None else torch.zeros_like(p)
+
+
 def _layout(module: nn.Module) -> list[Any]:
     return ([(n, type(m)) for n, m in module.named_modules()]
             + [(n, tuple(p.shape), p.dtype) for n, p in module.named_parameters()])
@@ -102,20 +109,37 @@ class Stack:
         self.link(modules)
 
     def link(self, modules: Sequence[nn.Module]) -> None:
-        """Stack the members' current weights and make theirs views of the stack: at the
-        start, and again when a member leaves the pack."""
+        """Stack the members' current weights and gradients and make theirs views of the
+        stack: at the start, and again when a member leaves or a hook replaced a tensor."""
         self.modules = list(modules)
         owned = [dict(m.named_parameters()) for m in modules]
         self.params = {}
+        self.views: list[list[tuple[str, nn.Parameter, torch.Tensor, torch.Tensor]]] = [[] for _ in modules]
         with torch.no_grad():
             for name in self.names:
                 stacked = torch.stack([own[name].detach() for own in owned]).requires_grad_(True)
-                stacked.grad = torch.zeros_like(stacked)
+                stacked.grad = torch.stack([_grad(own[name]) for own in owned])
                 for k, own in enumerate(owned):
                     own[name].data = stacked.data[k]
                     own[name].grad = stacked.grad[k]
+                    self.views[k].append((name, own[name], stacked.data[k], stacked.grad[k]))
                 self.params[name] = stacked
         self.p = {name: [m.get_submodule(name).p for m in modules] for name in self._dropout_names()}
+
+    def replaced(self, k: int, stepping: bool = False) -> bool:
+        """Whether a hook replaced one of member ``k``'s weights or gradients instead of
+        changing it in place (``p.data = ...``, ``p.grad = ...``, ``zero_grad()``): then the
+        pack stacks them again (:meth:`link`), and what the hook kept of the old ones keeps
+        its values, as alone. Before the step (``stepping``) a gradient set to None is
+        refused: torch's optimizer would leave that weight alone, one member's a pack cannot."""
+        found = False
+        for name, p, weight, grad in self.views[k]:
+            if p.grad is None and stepping:
+                raise HpplugError(f"a plugin set the gradient of {name} to None before the optimizer step "
+                                  "(zero_grad()?): torch would not step that weight, which a pack cannot leave out "
+                                  "for one trial: train it without --pack")
+            found = found or p.data_ptr() != weight.data_ptr() or p.grad is None or p.grad.data_ptr() != grad.data_ptr()
+        return found
 
     def _dropout_names(self) -> list[str]:
         return [name for name, layer in self.base.named_modules() if isinstance(layer, MaskedDropout)]

@@ -32,9 +32,8 @@ def fit(pack: Pack, show_progress: bool) -> None:
     """Train every member to its end, as ``hpplug.loop.fit`` then ``final_test`` do alone."""
     for m in pack.members:
         if not m.loop.state.trained:
-            with pack.own(m):
-                m.loop.model.train()
-                m.loop.hook.hpplug_train_start(model=m.module, progress=m.loop.progress, config=m.loop.config)
+            m.loop.model.train()
+            pack.model_hook(m, "hpplug_train_start", config=m.loop.config)
     pack.settle()
     while pack.members:
         end_training(pack, [m for m in pack.members if m.done_training])
@@ -74,12 +73,12 @@ def end_training(pack: Pack, leaving: list[Member]) -> None:
     test split, and their runs' end."""
     for m in leaving:
         if not m.loop.state.trained:
+            pack.model_hook(m, "hpplug_train_end", train_inputs=lambda loop=m.loop: train_inputs(loop))
             with pack.own(m):
-                m.loop.hook.hpplug_train_end(model=m.module, progress=m.loop.progress,
-                                             train_inputs=lambda loop=m.loop: train_inputs(loop))
-                m.loop.state.trained = True
-                if m.loop.every:
-                    m.save()
+                if m.exit is None:
+                    m.loop.state.trained = True
+                    if m.loop.every:
+                        m.save()
     done = [m for m in leaving if m.exit is None]
     tests: Metrics = {m: {} for m in done}
     if pack.data.test is not None and done:
@@ -191,15 +190,13 @@ def update(pack: Pack, feeds: dict[int, Iterator[Any]], size: int) -> None:
         pack.window[:, 2] += logits.shape[1]
     for m in members:
         if m.exit is None:
-            with pack.own(m):
-                m.loop.hook.hpplug_before_optimizer_step(model=m.module, progress=m.loop.progress)
+            pack.model_hook(m, "hpplug_before_optimizer_step", stepping=True)
     pack.optimizer.step()
     pack.stack.zero_grad()
     for m in members:
         if m.exit is None:  # a member that failed before the step ends without it, as alone
             m.loop.state.count_update()
-            with pack.own(m):
-                m.loop.hook.hpplug_after_optimizer_step(model=m.module, progress=m.loop.progress)
+            pack.model_hook(m, "hpplug_after_optimizer_step")
 
 
 def _losses(pack: Pack, logits: torch.Tensor, targets: torch.Tensor,
