@@ -6,9 +6,12 @@ set's parameters, the plugins that change the model), and every plugin of every 
 supports packing. A packable plugin's hooks are called once per member with that member's
 own arguments (its progress, its batch, its model: a module whose weights are views of the
 member's slice of the stacked weights) and give what they give alone: they draw randomness
-from ``batch.generator`` only, change weights and gradients in place, and do not drive the
-optimizer step (``hpplug_optimizer_step`` is never packable: ``step.recompute()`` needs a
-model of its own).
+from ``batch.generator`` only, change weights and gradients in place (a hook that replaces
+one instead, ``p.data = ...``, makes the pack stack them all again: correct, but a copy of
+every member's weights), read the weights through the model they are given (a tensor of
+them kept from an earlier hook goes stale when the pack stacks again, e.g. when a member
+leaves), and do not drive the optimizer step (``hpplug_optimizer_step`` is never packable:
+``step.recompute()`` needs a model of its own).
 """
 
 from __future__ import annotations
