@@ -176,7 +176,8 @@ class Plugin:
     - ``packable``: ``True`` when the plugin can train in a pack of trials
       (:mod:`hpplug.pack`): its hooks are called once per member with that member's own
       arguments and give what they give alone (randomness from ``batch.generator`` only,
-      weights and gradients changed in place, no ``hpplug_optimizer_step``).
+      weights and gradients changed in place, or replaced at the cost of a re-stack; no
+      ``hpplug_optimizer_step``).
 
     Hook implementations are methods marked with ``@hpplug.hookimpl``; state that must
     survive a resume goes through ``state_dict`` / ``load_state_dict``.
