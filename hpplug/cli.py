@@ -282,7 +282,7 @@ RUN_SHORT_HELP = "Train a model assembled from plugins."
 # Commands defined in their own modules, imported only when used: "name": "module:attr".
 LAZY_COMMANDS = {
     "plugins": "hpplug.listing:plugins_command",
-    "sweep": "hpplug.sweep:sweep_command",
+    "sweep": "hpplug.sweep.command:sweep_command",
     "new-plugin": "hpplug.scaffold:new_plugin_command",
 }
 

@@ -120,7 +120,7 @@ def test_the_best_trial_of_a_sweep_is_written_as_a_config_file(hpplug_cli, tmp_p
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from hpplug.sweep import sweep_command
+    from hpplug.sweep.command import sweep_command
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.chdir(tmp_path)

@@ -21,9 +21,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from hpplug.sweep import sweep_command
-from hpplug.sweep_runner import Runner
-from hpplug.sweep_spec import load
+from hpplug.sweep.command import sweep_command
+from hpplug.sweep.runner import Runner
+from hpplug.sweep.spec import load
+from hpplug.sweep.state import Trial
+from hpplug.sweep.wandb_engine import suggest, sweep_run
 from hpplug.wandb_file import find_run_files, read_run
 
 COMMAND = ["${env}", "hpplug", "run", "${args}"]
@@ -133,17 +135,18 @@ def test_bayes_feeds_results_back(tmp_path: Path, capsys: pytest.CaptureFixture[
     runner.load()
     # the engine sees each trial's real result, read from its run record
     for t in trials:
-        run = runner.sweep_run(t)
+        run = sweep_run(runner.trials[t["number"] - 1])
         assert run.summary_metrics["val/accuracy"] == record(t, "summary.json")["val/accuracy"] == t["metric"]
         assert run.metric_history("val/accuracy") == [r["val/accuracy"] for r in epoch_rows(t)]
     # trial 3 is what the engine suggests from trials 1 and 2 with their results
-    runner.state["trials"] = trials[:2]
-    assert runner.suggest().config == trials[2]["config"]
+    every = runner.state.trials
+    runner.state.trials = every[:2]
+    assert suggest(spec, runner.state).config == trials[2]["config"]
 
     # the same history with other results gives other suggestions
-    runner.state["trials"] = trials
-    real = runner.suggest().config["lr"]["value"]
-    assert runner.suggest().config["lr"]["value"] == real  # seeded: only the results can change it
+    runner.state.trials = every
+    real = suggest(spec, runner.state).config["lr"]["value"]
+    assert suggest(spec, runner.state).config["lr"]["value"] == real  # seeded: only the results can change it
     suggestions = {real}
     for metrics in itertools.permutations([0.1, 0.5, 0.9]):
         for t, m in zip(trials, metrics):
@@ -151,7 +154,7 @@ def test_bayes_feeds_results_back(tmp_path: Path, capsys: pytest.CaptureFixture[
             (Path(t["record"]) / "summary.json").write_text(json.dumps(summary))
             rows = [{**r, "val/accuracy": m} if "val/accuracy" in r else r for r in record(t, "metrics.jsonl")]
             (Path(t["record"]) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        suggestions.add(runner.suggest().config["lr"]["value"])
+        suggestions.add(suggest(spec, runner.state).config["lr"]["value"])
     assert len(suggestions) >= 3
 
 
@@ -215,7 +218,7 @@ def test_stale_environment_of_a_sweep_is_not_passed_on(tmp_path: Path, monkeypat
     monkeypatch.setenv("WANDB_SWEEP_ID", "outer")
     runner = Runner(spec, tmp_path / "sw", parallel=2)
     runner.load()
-    env = runner.env({"id": "abcd1234"})
+    env = runner.procs.env(Trial(number=1, id="abcd1234", config={}, values={}, record=""))
     assert env["WANDB_RUN_ID"] == "abcd1234" and env["WANDB_RUN_GROUP"] == spec.sweep_id
     assert "WANDB_SWEEP_ID" not in env and env["WANDB_MODE"] == "offline"
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
@@ -223,7 +226,7 @@ def test_stale_environment_of_a_sweep_is_not_passed_on(tmp_path: Path, monkeypat
 
 def test_one_runner_per_sweep_folder(tmp_path: Path) -> None:
     from hpplug.errors import HpplugError
-    from hpplug.sweep_trials import lock_sweep
+    from hpplug.sweep.trials import lock_sweep
 
     held = lock_sweep(tmp_path / "sw")
     try:
@@ -239,10 +242,10 @@ def test_a_trials_lock_tells_whether_it_runs(tmp_path: Path) -> None:
     pid when that was never recorded; a trial from a runner without locks is found by pid."""
     import psutil
 
-    from hpplug.sweep_trials import adopt, alive, start
+    from hpplug.sweep.trials import adopt, alive, start
 
     lock, sleeper = tmp_path / "t.lock", [sys.executable, "-c", "import time; time.sleep(60)"]
-    proc = start(sleeper, dict(os.environ), tmp_path / "t.log", lock)
+    proc = start(sleeper, dict(os.environ), tmp_path / "t.log", [lock])
     try:
         assert alive(lock) is True
         found = adopt(lock, None, None)

@@ -22,9 +22,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from hpplug.sweep_plot import AXIS_CHARS, PANEL_CHARS, figures
-from hpplug.sweep_report import fit, hyperband_reason
-from hpplug.sweep_spec import SweepSpec, load
+from hpplug.sweep.plot import AXIS_CHARS, PANEL_CHARS, figures
+from hpplug.sweep.report import fit, hyperband_reason
+from hpplug.sweep.spec import SweepSpec, load
+from hpplug.sweep.state import Trial
 
 COMMAND = ["${env}", "hpplug", "run", "${args}"]
 
@@ -112,12 +113,12 @@ def test_a_stop_request_after_training_does_not_kill_the_run() -> None:
 def test_only_a_trial_in_its_training_loop_is_asked_to_stop(tmp_path: Path) -> None:
     """Before its first row of this attempt SIGUSR1 would kill the trial (no handler yet);
     after its last epoch or its test results there is nothing left to stop."""
-    from hpplug.sweep_trials import in_training
+    from hpplug.sweep.records import in_training
 
     record = tmp_path / "run1"
     record.mkdir()
     launched = 1000.0
-    trial = {"record": str(record), "launched": launched}
+    trial = Trial(number=1, id="run1", config={}, values={}, record=str(record), launched=launched)
 
     def write(rows: list[dict[str, Any]], epochs: Any = 10) -> bool:
         (record / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -138,13 +139,13 @@ def test_only_a_trial_in_its_training_loop_is_asked_to_stop(tmp_path: Path) -> N
 
 def test_a_damaged_summary_does_not_make_up_where_a_trial_stopped(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from hpplug.sweep_report import ended_line
+    from hpplug.sweep.report import ended_line
 
     monkeypatch.setenv("COLUMNS", "200")
 
     spec = spec_of(tmp_path, method="grid", parameters={"lr": {"values": [0.1, 0.2]}})
-    stopped = {"number": 2, "id": "abc", "status": "stopped", "metric": 0.5, "values": {"lr": 0.2},
-               "launched": 10.0, "ended": 14.0}
+    stopped = Trial(number=2, id="abc", status="stopped", metric=0.5, values={"lr": 0.2}, config={}, record="",
+                    launched=10.0, ended=14.0)
     line = ended_line(spec, stopped, {"epochs_done": 3, "updates": 70}, 2, 2)
     assert line == "trial 2 abc stopped   val/accuracy=0.5  at update 70 (3 epochs done)  (4.0 s; 2/2 done)  lr=0.2"
     for damaged in ({"epochs_done": True, "updates": 70}, {"epochs_done": "3", "updates": 70}, {}):
@@ -162,7 +163,7 @@ def test_hyperband_sweep_names_and_really_stops_the_bad_trial(tmp_path: Path, mo
     stops the worst of three. Its lines name it with its real values, and its record shows
     it stopped where the line says. (That the engine's own info line names another run is
     in the test above.)"""
-    from hpplug.sweep import sweep_command
+    from hpplug.sweep.command import sweep_command
 
     epochs = 25
     path = tmp_path / "hb.yaml"
@@ -227,9 +228,9 @@ def test_hyperband_sweep_names_and_really_stops_the_bad_trial(tmp_path: Path, mo
 # --- the pictures --------------------------------------------------------------------------
 
 
-def trial(number: int, values: dict[str, Any], metric: float, status: str = "finished") -> dict[str, Any]:
-    return {"number": number, "id": f"run{number:05d}", "status": status, "metric": metric, "values": values,
-            "record": ""}
+def trial(number: int, values: dict[str, Any], metric: float | None, status: str = "finished") -> Trial:
+    return Trial(number=number, id=f"run{number:05d}", status=status, metric=metric, values=values,
+                 config={k: {"value": v} for k, v in values.items()}, record="")
 
 
 def drawn_labels(fig: Any, ax: Any) -> list[Any]:
@@ -259,8 +260,8 @@ def grid_sweep(tmp_path: Path) -> tuple[SweepSpec, list[dict[str, Any]]]:
         numbers = {"weight_decay": 10 ** (-6 + 4 * ((n * 0.37) % 1)), "momentum": (n * 0.61) % 0.99}
         trials.append(trial(n, {"lr": lr, "seed": seed, long_name: 0.1, "plugin": plugin, "epochs": 3, **numbers},
                             0.5 + lr + 0.01 * seed, "stopped" if n == 3 else "finished"))
-    trials.append({**trial(n + 1, {"lr": 0.5, "seed": 1, long_name: 0.0, "plugin": plugin, "epochs": 3}, 0.0),
-                   "status": "failed", "metric": None})
+    trials.append(trial(n + 1, {"lr": 0.5, "seed": 1, long_name: 0.0, "plugin": plugin, "epochs": 3}, None,
+                        "failed"))
     return spec, trials
 
 
@@ -307,8 +308,8 @@ def test_parallel_coordinates_one_line_per_trial_coloured_by_the_metric(grid_swe
     fig.canvas.draw()
     ax = fig.axes[0]
     lines = [line for line in ax.get_lines() if str(line.get_gid()).startswith("trial")]
-    scored = [t for t in trials if t["status"] != "failed"]
-    assert sorted(line.get_gid() for line in lines) == sorted(f"trial {t['number']}" for t in scored)
+    scored = [t for t in trials if t.status != "failed"]
+    assert sorted(line.get_gid() for line in lines) == sorted(f"trial {t.number}" for t in scored)
     names = [t for t, _ in drawn_labels(fig, ax)]
     assert names[0] == "lr" and names[-1] == "val/accuracy" and len(names) == 7  # 6 varying parameters + metric
     assert all(len(part) <= AXIS_CHARS for name in names for part in name.split("\n"))
@@ -316,8 +317,8 @@ def test_parallel_coordinates_one_line_per_trial_coloured_by_the_metric(grid_swe
     # one vertical position per parameter and the metric; colour follows the metric
     assert all(len(line.get_xdata()) == 7 for line in lines)
     colour = {line.get_gid(): line.get_color() for line in lines}
-    best, worst = max(scored, key=lambda t: t["metric"]), min(scored, key=lambda t: t["metric"])
-    assert colour[f"trial {best['number']}"] != colour[f"trial {worst['number']}"]
+    best, worst = max(scored, key=lambda t: t.metric), min(scored, key=lambda t: t.metric)
+    assert colour[f"trial {best.number}"] != colour[f"trial {worst.number}"]
     assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "val/accuracy"  # the colour bar
     stopped = next(line for line in lines if line.get_gid() == "trial 3")
     assert stopped.get_linestyle() == "--"
@@ -330,7 +331,7 @@ def test_parallel_coordinates_one_line_per_trial_coloured_by_the_metric(grid_swe
 
 def test_nothing_to_draw_gives_no_figures(tmp_path: Path) -> None:
     spec = spec_of(tmp_path, method="grid", parameters={"lr": {"values": [0.1, 0.2]}})
-    assert figures(spec, [{**trial(1, {"lr": 0.1}, 0.0), "status": "failed", "metric": None}]) == {}
+    assert figures(spec, [trial(1, {"lr": 0.1}, None, "failed")]) == {}
 
 
 # --- the sweep extra -----------------------------------------------------------------------

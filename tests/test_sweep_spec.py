@@ -15,9 +15,9 @@ from wandb.sdk.launch.sweeps import utils as wandb_sweep_utils
 
 from hpplug.cli import build_config, run_command
 from hpplug.manager import discover
-from hpplug.sweep_checks import problems
-from hpplug.sweep_spec import SweepSpec, expand_command, load, pretty_command, trial_values
-from hpplug.sweep_template import template
+from hpplug.sweep.checks import problems
+from hpplug.sweep.spec import SweepSpec, expand_command, load, pretty_command, trial_values
+from hpplug.sweep.template import template
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "sweeps").glob("*.yaml"))

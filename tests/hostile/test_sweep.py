@@ -25,9 +25,11 @@ from hpplug.cli import build_config, run_command
 from hpplug.config import RunConfig
 from hpplug.discovery import discover
 from hpplug.errors import HpplugError
-from hpplug.sweep_checks import problems
-from hpplug.sweep_runner import Runner
-from hpplug.sweep_spec import load
+from hpplug.sweep.checks import problems
+from hpplug.sweep.runner import Runner
+from hpplug.sweep.spec import load
+from hpplug.sweep.state import Trial
+from hpplug.sweep.wandb_engine import suggest, sweep_run
 
 HEAD = 'metric: {name: val/accuracy, goal: maximize}\ncommand: ["${env}", hpplug, run, "${args}"]\n'
 GOOD = HEAD + "method: random\nparameters: {lr: {values: [0.1, 0.2]}}\n"
@@ -185,7 +187,7 @@ def saved_state(sandbox: Any, text: str = GOOD, trials: list[dict[str, Any]] | N
     spec, _ = load(sandbox.root / "s.yaml")
     runner = Runner(spec, sandbox.root / "sw")
     runner.load()
-    runner.state["trials"] = trials or []
+    runner.state.trials = [Trial.from_json(t, i + 1, spec, runner.runs_dir) for i, t in enumerate(trials or [])]
     runner.save()
     return json.loads((sandbox.root / "sw" / "sweep.json").read_text())
 
@@ -241,11 +243,11 @@ def test_damaged_records_are_tolerated(sandbox: Any, hpplug_cli: Callable[..., A
     spec, _ = load(sandbox.root / "s.yaml")
     runner = Runner(spec, sandbox.root / "sw")
     runner.load()
-    assert [t["record"] for t in runner.trials] == [str(one), str(two)]  # never the path in the file
-    assert runner.sweep_run(runner.trials[0]).metric_history("test/accuracy") == [0.5, 0.7]
-    assert runner.sweep_run(runner.trials[1]).summary_metrics == {}
-    runner.state["trials"][1]["status"] = "running"
-    assert runner.suggest() is not None  # W&B's engine is fed what could be read
+    assert [t.record for t in runner.trials] == [str(one), str(two)]  # never the path in the file
+    assert sweep_run(runner.trials[0]).metric_history("test/accuracy") == [0.5, 0.7]
+    assert sweep_run(runner.trials[1]).summary_metrics == {}
+    runner.trials[1].status = "running"
+    assert suggest(spec, runner.state) is not None  # W&B's engine is fed what could be read
 
     code, out, err = hpplug_cli("sweep", "s.yaml", "--dir", "sw")  # run_cap reached: the report
     assert code == 0 and "Traceback" not in err and "sweep complete: run_cap 2 reached" in out, err

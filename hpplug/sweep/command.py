@@ -4,9 +4,7 @@ W&B runs sweeps only against its server; this runs the same YAML offline. The en
 W&B's open-source ``sweeps`` package (grid, random and Bayesian search, hyperband early
 termination); each trial is the command ``wandb agent`` would run (same ``command:``, same
 macro expansion) as a normal ``hpplug run``, tracked in W&B (offline without credentials)
-in the group ``<sweep id>``. Modules: ``sweep_spec`` (YAML checks and command lines),
-``sweep_template``, ``sweep_runner`` and ``sweep_trials`` (the loop and its processes),
-``sweep_report`` (table, best command, summary.json, plot).
+in the group ``<sweep id>``.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from typing import Any
 import click
 
 from hpplug.errors import HpplugError
-from hpplug.sweep_spec import SweepSpec
+from hpplug.sweep.spec import SweepSpec
 
 MAX_PARALLEL = 64
 # What a sweep folder may hold before its sweep.json exists (a runner killed at its start).
@@ -44,7 +42,7 @@ def require_engine() -> None:
 def check(path: str | Path, catalog: dict[str, Any]) -> SweepSpec:
     """Load and check a sweep YAML: one problem is one error line; several are listed
     (exit 2 either way)."""
-    from hpplug import sweep_checks, sweep_spec
+    from hpplug.sweep import checks as sweep_checks, spec as sweep_spec
 
     spec, found = sweep_spec.load(path)
     if spec is not None:
@@ -122,7 +120,7 @@ def sweep_command(yaml_file: str | None, count: int | None, parallel: int, sweep
     """
     from hpplug.cli import split_plugin_names
     from hpplug.manager import discover
-    from hpplug import sweep_template
+    from hpplug.sweep import template as sweep_template
 
     catalog = discover()
     if template:
@@ -148,27 +146,28 @@ def sweep_command(yaml_file: str | None, count: int | None, parallel: int, sweep
 
 def run_sweep(spec: SweepSpec, folder: Path, yaml_file: str, dry_run: bool, options: dict[str, Any]) -> None:
     """Run (or, with ``dry_run``, show the next trial of) a checked sweep in ``folder``."""
-    from hpplug import sweep_report
-    from hpplug.sweep_runner import Runner
+    from hpplug.sweep import report as sweep_report
+    from hpplug.sweep import wandb_engine
+    from hpplug.sweep.runner import Runner
 
     runner = Runner(spec, folder, **options)
     if dry_run:
         runner.load()
         trial = runner.new_trial() if runner.may_start() else None
-        argv = runner.command(trial) if trial else []
+        argv = runner.procs.command(trial) if trial else []
         click.echo(f"{yaml_file}: OK ({spec.raw['method']} search, {len(spec.parameters)} parameters, "
                    f"metric {spec.metric} {spec.goal}); sweep id {spec.sweep_id}, folder {folder}")
-        click.echo(f"trial {trial['number']}: " + shlex.join(argv) if trial else
-                   f"no trial left to run ({runner.state.get('done') or 'grid exhausted'})")
+        click.echo(f"trial {trial.number}: " + shlex.join(argv) if trial else
+                   f"no trial left to run ({runner.state.done or 'grid exhausted'})")
         return
-    total = runner.total()
+    total = wandb_engine.total(spec)
     click.echo(f"sweep {spec.sweep_id}: {spec.raw['method']} search on {spec.metric} ({spec.goal}), "
                f"{'' if total is None else f'{total} trials, '}{runner.parallel} at a time; folder {folder}")
     code = runner.run()
     text, _ = sweep_report.write(spec, runner.state, folder)
     click.echo(text)
-    if runner.state["done"]:
-        click.echo(f"sweep complete: {runner.state['done']}")
+    if runner.state.done:
+        click.echo(f"sweep complete: {runner.state.done}")
     elif code > 128:
         click.echo(f"sweep interrupted; run the same command again to continue ({folder / 'sweep.json'})")
     sys.exit(code)

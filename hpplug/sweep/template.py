@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from hpplug.sweep_spec import EXAMPLE_COMMAND
+from hpplug.sweep.spec import EXAMPLE_COMMAND
 
 
 def _round(x: float) -> float:

@@ -14,8 +14,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hpplug.sweep_report import PARALLEL, best_trial, is_number, is_scored, searched, show
-from hpplug.sweep_spec import SweepSpec
+from hpplug.sweep.report import PARALLEL, best_trial, is_number, is_scored, searched, show
+from hpplug.sweep.spec import SweepSpec
+from hpplug.sweep.state import Trial
 
 NAME_CHARS = 18  # category labels longer than this are shortened
 PANEL_CHARS, AXIS_CHARS = 40, 26  # axis names: under a scatter panel, under a parallel axis
@@ -113,7 +114,7 @@ def _tick_step(count: int, pixels: float, label_px: float) -> int:
     return max(1, math.ceil(count * label_px / max(pixels, 1.0)))
 
 
-def _scatter(fig: Any, spec: SweepSpec, trials: list[dict[str, Any]], params: list[str]) -> None:
+def _scatter(fig: Any, spec: SweepSpec, trials: list[Trial], params: list[str]) -> None:
     from matplotlib.ticker import MaxNLocator
 
     cols = min(3, len(params))
@@ -121,9 +122,9 @@ def _scatter(fig: Any, spec: SweepSpec, trials: list[dict[str, Any]], params: li
     axes = fig.subplots(rows, cols, squeeze=False)
     best = best_trial(spec, trials)
     for ax, name in zip(axes.flat, params):
-        used = [t for t in trials if name in t["values"]]
-        axis = Axis(spec, name, [t["values"][name] for t in used])
-        xs = [axis.position(t["values"][name]) for t in used]
+        used = [t for t in trials if name in t.values]
+        axis = Axis(spec, name, [t.values[name] for t in used])
+        xs = [axis.position(t.values[name]) for t in used]
         if axis.numeric:
             if axis.log:
                 ax.set_xscale("log")
@@ -137,14 +138,14 @@ def _scatter(fig: Any, spec: SweepSpec, trials: list[dict[str, Any]], params: li
             ax.set_xticks(ticks, [axis.labels[i] for i in ticks], rotation=90, fontsize=7)
             ax.set_xlim(-0.6, len(axis.categories) - 0.4)
         for x, off, t in zip(xs, offsets, used):
-            stopped = t["status"] == "stopped"
-            ax.scatter([x + off], [t["metric"]], s=30, facecolors="none" if stopped else "C0", edgecolors="C0",
-                       gid=f"trial {t['number']}")
-            if best is not None and t["id"] == best["id"]:
-                ax.scatter([x + off], [t["metric"]], s=150, marker="*", color="C3", zorder=3, gid="best")
+            stopped = t.status == "stopped"
+            ax.scatter([x + off], [t.metric], s=30, facecolors="none" if stopped else "C0", edgecolors="C0",
+                       gid=f"trial {t.number}")
+            if best is not None and t.id == best.id:
+                ax.scatter([x + off], [t.metric], s=150, marker="*", color="C3", zorder=3, gid="best")
         if not axis.numeric:
             for i, c in enumerate(axis.categories):
-                n = sum(1 for t in used if show(t["values"][name]) == c)
+                n = sum(1 for t in used if show(t.values[name]) == c)
                 if n > 1:
                     ax.annotate(f"n={n}", (i, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
                                 fontsize=7, color="0.4")
@@ -158,26 +159,26 @@ def _scatter(fig: Any, spec: SweepSpec, trials: list[dict[str, Any]], params: li
                  "n = trials at a grid point", fontsize=9)
 
 
-def _parallel(fig: Any, spec: SweepSpec, trials: list[dict[str, Any]], params: list[str]) -> None:
+def _parallel(fig: Any, spec: SweepSpec, trials: list[Trial], params: list[str]) -> None:
     import matplotlib as mpl
 
     ax = fig.subplots()
     used = trials  # a trial without a parameter (its plugin not chosen) has a gap there
     axes = []
     for name in params:
-        values = [t["values"][name] for t in used if name in t["values"]]
+        values = [t.values[name] for t in used if name in t.values]
         axis = Axis(spec, name, values)
         axis.bind(values)
         axes.append(axis)
-    metric = Axis(spec, spec.metric, [t["metric"] for t in used])
-    metric.bind([t["metric"] for t in used])
-    lo, hi = min(t["metric"] for t in used), max(t["metric"] for t in used)
+    metric = Axis(spec, spec.metric, [t.metric for t in used])
+    metric.bind([t.metric for t in used])
+    lo, hi = min(t.metric for t in used), max(t.metric for t in used)
     norm = mpl.colors.Normalize(lo, hi if hi > lo else lo + 1e-9)
     cmap = mpl.colormaps["viridis"]
-    for t in sorted(used, key=lambda t: t["metric"] * (1 if spec.goal == "maximize" else -1)):
-        ys = [a.unit(t["values"][a.name]) if a.name in t["values"] else math.nan for a in axes]
-        ax.plot(range(len(axes) + 1), ys + [metric.unit(t["metric"])], color=cmap(norm(t["metric"])),
-                alpha=0.85, lw=1.4, ls="--" if t["status"] == "stopped" else "-", gid=f"trial {t['number']}")
+    for t in sorted(used, key=lambda t: t.metric * (1 if spec.goal == "maximize" else -1)):
+        ys = [a.unit(t.values[a.name]) if a.name in t.values else math.nan for a in axes]
+        ax.plot(range(len(axes) + 1), ys + [metric.unit(t.metric)], color=cmap(norm(t.metric)),
+                alpha=0.85, lw=1.4, ls="--" if t.status == "stopped" else "-", gid=f"trial {t.number}")
     for i, a in enumerate([*axes, metric]):
         ax.axvline(i, color="0.3", lw=0.8)
         for y, text in _axis_ticks(a):
@@ -206,7 +207,7 @@ def _axis_ticks(axis: Axis) -> list[tuple[float, str]]:
     return [(u, show(10 ** v if axis.log else v)) for u, v in points]
 
 
-def figures(spec: SweepSpec, trials: list[dict[str, Any]]) -> dict[str, Any]:
+def figures(spec: SweepSpec, trials: list[Trial]) -> dict[str, Any]:
     """The figures to save, by kind (``scatter``, ``parallel``); {} when nothing can be drawn
     (no scored trial, no searched parameter, or matplotlib missing)."""
     done = [t for t in trials if is_scored(t)]
@@ -232,7 +233,7 @@ def figures(spec: SweepSpec, trials: list[dict[str, Any]]) -> dict[str, Any]:
     return {"scatter": scatter, "parallel": parallel}
 
 
-def save(spec: SweepSpec, trials: list[dict[str, Any]], sweep_dir: Path) -> dict[str, Path]:
+def save(spec: SweepSpec, trials: list[Trial], sweep_dir: Path) -> dict[str, Path]:
     """Draw and save the figures in the sweep folder; returns their paths by kind."""
     paths = {}
     for kind, fig in figures(spec, trials).items():

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from hpplug.atomic import write_atomic
-from hpplug.sweep_spec import SweepSpec, pretty_command
-from hpplug.sweep_trials import is_count
+from hpplug.sweep.spec import SweepSpec, pretty_command
+from hpplug.sweep.records import is_count
+from hpplug.sweep.state import SweepState, Trial
 
 RANKED = ("finished", "stopped")  # statuses whose metric is a real result
 PARALLEL = "parallel_coordinates.png"  # beside the plot: the parallel-coordinates view
@@ -83,105 +84,112 @@ def hyperband_reason(spec: SweepSpec, run: Any) -> str:
             f"hyperband's threshold at step {band}")
 
 
-def started_lines(spec: SweepSpec, trial: dict[str, Any]) -> list[str]:
-    """A trial announced as it starts: number, run id and the values that vary (wrapped)."""
-    return fit(f"trial {trial['number']} {trial['id']} {'started':<8}", settings(spec, trial["values"]), wrap=True)
+def started_lines(spec: SweepSpec, trial: Trial, note: str = "") -> list[str]:
+    """A trial announced as it starts: number, run id, ``note`` (e.g. its pack) and the
+    values that vary (wrapped)."""
+    return fit(f"trial {trial.number} {trial.id} {'started':<8}{note}", settings(spec, trial.values), wrap=True)
 
 
-def stopping_lines(spec: SweepSpec, trial: dict[str, Any], run: Any) -> list[str]:
+def log_tail(log: Path, lines: int = 4) -> list[str]:
+    """The end of a failed trial's log, and where the whole log is."""
+    tail = log.read_text(errors="replace").strip().splitlines()[-lines:] if log.exists() else []
+    return [*(f"    | {line}" for line in tail), f"    full log: {log}"]
+
+
+def stopping_lines(spec: SweepSpec, trial: Trial, run: Any) -> list[str]:
     """The hyperband stop of a trial, with its own metric and the threshold (wrapped)."""
-    return fit(f"trial {trial['number']} {trial['id']}: stopping early (hyperband):",
+    return fit(f"trial {trial.number} {trial.id}: stopping early (hyperband):",
                hyperband_reason(spec, run).split(), wrap=True, sep=" ")
 
 
-def ended_line(spec: SweepSpec, trial: dict[str, Any], summary: dict[str, Any], done: int, total: int | None) -> str:
+def ended_line(spec: SweepSpec, trial: Trial, summary: dict[str, Any], done: int, total: int | None) -> str:
     """One line for a trial that ended: number and run id (as announced), status, metric,
     where a stopped one stopped (from its record), time, then the values, cut to fit."""
-    head = f"trial {trial['number']} {trial['id']} {trial['status']:<8}  {spec.metric}={show(trial['metric'])}"
-    if trial["status"] == "stopped" and all(is_count(summary.get(k)) for k in ("epochs_done", "updates")):
+    head = f"trial {trial.number} {trial.id} {trial.status:<8}  {spec.metric}={show(trial.metric)}"
+    if trial.status == "stopped" and all(is_count(summary.get(k)) for k in ("epochs_done", "updates")):
         head += f"  at update {summary['updates']} ({summary['epochs_done']} epochs done)"
-    elif trial["status"] == "finished" and trial.get("stop_requested"):
+    elif trial.status == "finished" and trial.stop_requested:
         head += "  (the stop request came after its training)"
-    took = trial["ended"] - (trial.get("launched") or trial["ended"])
+    took = trial.ended - (trial.launched or trial.ended)
     progress = f"({took:.1f} s; {done}{'' if total is None else f'/{total}'} done)"
-    return fit(head, [progress, *settings(spec, trial["values"])])[0]
+    return fit(head, [progress, *settings(spec, trial.values)])[0]
 
 
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def is_scored(trial: dict[str, Any]) -> bool:
+def is_scored(trial: Trial) -> bool:
     """A trial with a real result: finished or stopped, with a finite metric."""
-    return trial["status"] in RANKED and is_number(trial.get("metric"))
+    return trial.status in RANKED and is_number(trial.metric)
 
 
-def ranked(spec: SweepSpec, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def ranked(spec: SweepSpec, trials: list[Trial]) -> list[Trial]:
     """Trials best first: finished and stopped ones by the metric, then the rest."""
     sign = -1 if spec.goal == "maximize" else 1
 
     def key(t: dict[str, Any]) -> tuple[int, float, int]:
         scored = is_scored(t)
-        return (0 if scored else 1, sign * t["metric"] if scored else 0.0, t["number"])
+        return (0 if scored else 1, sign * t.metric if scored else 0.0, t.number)
     return sorted(trials, key=key)
 
 
-def best_trial(spec: SweepSpec, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+def best_trial(spec: SweepSpec, trials: list[Trial]) -> Trial | None:
     """The best finished trial; a stopped one only when none finished."""
     for statuses in (("finished",), ("stopped",)):
-        scored = [t for t in ranked(spec, trials) if t["status"] in statuses and is_number(t.get("metric"))]
+        scored = [t for t in ranked(spec, trials) if t.status in statuses and is_number(t.metric)]
         if scored:
             return scored[0]
     return None
 
 
-def table(spec: SweepSpec, trials: list[dict[str, Any]]) -> str:
+def table(spec: SweepSpec, trials: list[Trial]) -> str:
     """A plain-text table: rank, trial, status, metric, then each searched parameter."""
     params = searched(spec)
     header = ["#", "trial", "status", spec.metric, *params]
-    rows = [[str(t["number"]), t["id"], t["status"], show(t.get("metric")),
-             *[show(t["values"].get(p, "(unused)")) for p in params]] for t in ranked(spec, trials)]
+    rows = [[str(t.number), t.id, t.status, show(t.metric),
+             *[show(t.values.get(p, "(unused)")) for p in params]] for t in ranked(spec, trials)]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def summary(spec: SweepSpec, state: dict[str, Any], plot: Path | None) -> dict[str, Any]:
+def summary(spec: SweepSpec, state: SweepState, plot: Path | None) -> dict[str, Any]:
     """The content of the sweep's ``summary.json``."""
-    trials = state["trials"]
+    trials = state.trials
     best = best_trial(spec, trials)
     counts: dict[str, int] = {}
     for t in trials:
-        counts[t["status"]] = counts.get(t["status"], 0) + 1
+        counts[t.status] = counts.get(t.status, 0) + 1
     return {
-        "sweep_id": state["sweep_id"], "yaml": state["yaml"], "method": spec.raw["method"],
-        "metric": {"name": spec.metric, "goal": spec.goal}, "done": state.get("done"),
+        "sweep_id": state.sweep_id, "yaml": state.yaml, "method": spec.raw["method"],
+        "metric": {"name": spec.metric, "goal": spec.goal}, "done": state.done,
         "trials_total": len(trials), "counts": counts,
         "best": None if best is None else {
-            "trial": best["id"], "number": best["number"], "metric": best["metric"],
-            "values": best["values"], "command": pretty_command(spec, best["values"]),
-            "record": best["record"]},
+            "trial": best.id, "number": best.number, "metric": best.metric,
+            "values": best.values, "command": pretty_command(spec, best.values),
+            "record": best.record},
         "plot": None if plot is None else str(plot),
-        "trials": [{k: t.get(k) for k in ("number", "id", "status", "metric", "values", "record", "exit_code")}
+        "trials": [{k: getattr(t, k) for k in ("number", "id", "status", "metric", "values", "record", "exit_code")}
                    for t in ranked(spec, trials)],
     }
 
 
-def plot(spec: SweepSpec, trials: list[dict[str, Any]], path: Path) -> Path | None:
-    """Save the sweep's pictures (``sweep_plot``) beside ``path``; returns the main one
+def plot(spec: SweepSpec, trials: list[Trial], path: Path) -> Path | None:
+    """Save the sweep's pictures (``plot``) beside ``path``; returns the main one
     (the metric against each parameter), None when there is nothing to draw."""
-    from hpplug import sweep_plot
+    from hpplug.sweep import plot as sweep_plot
 
     return sweep_plot.save(spec, trials, path.parent).get("scatter")
 
 
-def write(spec: SweepSpec, state: dict[str, Any], sweep_dir: Path) -> tuple[str, dict[str, Any]]:
+def write(spec: SweepSpec, state: SweepState, sweep_dir: Path) -> tuple[str, dict[str, Any]]:
     """Write ``summary.json`` and the plot; return the text to print and the summary."""
-    png = plot(spec, state["trials"], sweep_dir / "metric_vs_params.png")
+    png = plot(spec, state.trials, sweep_dir / "metric_vs_params.png")
     data = summary(spec, state, png)
     write_atomic(sweep_dir / "summary.json", json.dumps(data, indent=2, default=str) + "\n")
-    lines = [table(spec, state["trials"]), ""]
+    lines = [table(spec, state.trials), ""]
     if data["best"]:
         b = data["best"]
         lines += [f"best: trial {b['number']} ({b['trial']}) {spec.metric} = {show(b['metric'])}",
@@ -214,5 +222,5 @@ def write_best_config(record: str | None, sweep_dir: Path) -> Path | None:
     return None
 
 
-__all__ = ["best_trial", "ended_line", "fit", "hyperband_reason", "plot", "ranked", "searched", "settings",
+__all__ = ["best_trial", "ended_line", "fit", "hyperband_reason", "log_tail", "plot", "ranked", "searched", "settings",
            "started_lines", "stopping_lines", "summary", "table", "write", "write_best_config"]

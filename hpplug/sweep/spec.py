@@ -1,7 +1,7 @@
 """A sweep YAML as hpplug reads it: loading, and the trials' command lines.
 
 The same file serves ``wandb sweep`` / ``wandb agent`` and ``hpplug sweep``. What is
-checked before a trial starts is in ``sweep_checks``. Trial command lines are built with
+checked before a trial starts is in ``checks``. Trial command lines are built with
 W&B's own macro code (``wandb.sdk.launch.sweeps.utils``), exactly as ``wandb agent``
 builds them.
 """

@@ -1,7 +1,6 @@
-"""A sweep's trials on disk and as processes: run records, metric values, signals.
+"""A sweep's trial processes: starting them, signalling them, knowing whether they live.
 
-A trial is a normal ``hpplug run``; what it did is read back from its run record
-(``metrics.jsonl``, ``summary.json``), as untrusted data. Trials run in their own process
+A trial is a normal ``hpplug run`` (or a pack of them, ``hpplug.sweep.worker``). Trials run in their own process
 group, as under ``wandb agent``, so the sweep decides which signal reaches which process;
 each holds a lock file for its whole life, so a later runner knows whether it still runs.
 """
@@ -15,62 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hpplug import record
 from hpplug.errors import HpplugError
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock; a trial is then found by its recorded pid only
     fcntl = None  # type: ignore[assignment]
-
-
-def read_history(record_dir: Path) -> list[dict[str, Any]]:
-    """The rows of a run's ``metrics.jsonl``, read around damage (``record.read_jsonl``):
-    a torn last line, a damaged line or one that is not a JSON object is skipped."""
-    return record.read_jsonl(record_dir / record.METRICS, tolerant=True)[0]
-
-
-def read_summary(record_dir: Path, since: float = 0.0) -> dict[str, Any]:
-    """A run's ``summary.json`` if written at or after ``since`` (older ones are stale); {}
-    when there is none, or it is empty, damaged or not a JSON object."""
-    path = record_dir / record.SUMMARY
-    try:
-        if path.stat().st_mtime + 1.0 < since:
-            return {}
-    except OSError:
-        return {}
-    return record.read_json(path, tolerant=True) or {}
-
-
-def metric_value(name: str, summary: dict[str, Any], history: list[dict[str, Any]]) -> float | None:
-    """The trial's result: its summary value, else (stopped mid-epoch) the last one logged."""
-    def number(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-    if number(summary.get(name)):
-        return float(summary[name])
-    logged = [row[name] for row in history if number(row.get(name))]
-    return float(logged[-1]) if logged else None
-
-
-def is_count(value: Any) -> bool:
-    """A whole number read from a record (a JSON ``true`` is not one)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def in_training(trial: dict[str, Any]) -> bool:
-    """Whether the trial's process is inside its training loop, where a stop request
-    (SIGUSR1) stops it after the current update. Not before its first row of this attempt
-    (it is still setting up, and would die of the signal's default action), nor once it
-    logged its last epoch or its test results (too late: its training is over)."""
-    record_dir = Path(trial["record"])
-    since = (trial.get("launched") or 0.0) - 1.0
-    rows = [r for r in read_history(record_dir) if isinstance(r.get("time"), (int, float)) and r["time"] >= since]
-    if not rows or any(key.startswith("test/") for row in rows for key in row):
-        return False
-    epochs = (record.read_json(record_dir / record.CONFIG, tolerant=True) or {}).get("epochs")
-    done = [row["epoch"] for row in rows if is_count(row.get("epoch"))]
-    return not (is_count(epochs) and done and max(done) >= epochs)
 
 
 # --- trial processes -----------------------------------------------------------------------
@@ -134,29 +83,33 @@ def lock_sweep(sweep_dir: Path) -> Any:
     return handle
 
 
-def start(argv: list[str], env: dict[str, str], log: Path, lock: Path) -> subprocess.Popen:
-    """Start a trial in its own process group, holding ``lock`` for as long as it lives.
+def start(argv: list[str], env: dict[str, str], log: Path, locks: list[Path]) -> subprocess.Popen:
+    """Start a process (one trial, or a pack of them) in its own process group, holding
+    every trial's lock file in ``locks`` for as long as it lives.
 
-    The runner takes an exclusive ``flock`` on ``lock`` before the process exists and hands
-    the same open file to it (``pass_fds``); the lock is free again only when every process
-    holding that file has exited. So at any instant (a runner killed after the fork, before
+    The runner takes an exclusive ``flock`` on each lock before the process exists and hands
+    the same open files to it (``pass_fds``); a lock is free again only when every process
+    holding its file has exited. So at any instant (a runner killed after the fork, before
     it recorded the pid) the lock says whether the trial still runs.
     """
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fds: list[int] = []
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise HpplugError(f"trial {lock.stem} is still running (its lock {lock} is held); "
-                                  "run the sweep again to wait for it") from None
+        for lock in locks:
+            fds.append(os.open(lock, os.O_RDWR | os.O_CREAT, 0o644))
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    raise HpplugError(f"trial {lock.stem} is still running (its lock {lock} is held); "
+                                      "run the sweep again to wait for it") from None
         with open(log, "ab") as out:
             out.write(f"# {shlex.join(argv)}\n".encode())
             out.flush()
             return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    pass_fds=(fd,) if fcntl is not None else (), **new_group())
+                                    pass_fds=tuple(fds) if fcntl is not None else (), **new_group())
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
 
 
 def alive(lock: Path) -> bool | None:
@@ -258,3 +211,38 @@ def new_group() -> dict[str, Any]:
     return {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 
 
+
+
+# --- a trial's command and environment --------------------------------------------------
+
+
+def command(spec: Any, runs_dir: Path, values: dict[str, Any]) -> list[str]:
+    """A trial's argv, built from the YAML and its values (never read from disk): what
+    ``wandb agent`` would run, with the sweep's ``--output-dir`` (and ``--project``)."""
+    from hpplug.sweep.spec import expand_command
+
+    extra = [f"--output-dir={runs_dir}"]
+    if spec.raw.get("project") and "project" not in values:
+        extra.append(f"--project={spec.raw['project']}")
+    return expand_command(spec.raw["command"], values, extra, spec.raw.get("program"))
+
+
+def environment(wandb_mode: str | None, processes: int, run_id: str | None, group: str | None) -> dict[str, str]:
+    """A trial process's environment: its W&B run id and group (as ``wandb agent`` sets
+    them; a pack process names each member's itself), never an outer agent's sweep id,
+    this Python first on PATH, and its share of the cores when ``processes`` run at once."""
+    from hpplug.tracking import resolve_mode
+
+    env = dict(os.environ)
+    for key in ("WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_SERVICE", "WANDB_RUN_ID", "WANDB_RUN_GROUP"):
+        env.pop(key, None)
+    env.update({"WANDB_MODE": resolve_mode(wandb_mode), "PYTHONUNBUFFERED": "1",
+                "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])})
+    if run_id is not None:
+        env["WANDB_RUN_ID"] = run_id
+    if group is not None:
+        env["WANDB_RUN_GROUP"] = group
+    if processes > 1 and "OMP_NUM_THREADS" not in env:
+        # K trials on N cores: N // K threads each, not N each (oversubscription is slow).
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+    return env

@@ -15,11 +15,11 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from hpplug.sweep_spec import (EXAMPLE_COMMAND, OWN_OPTIONS, command_plugins, plugin_choices, show,
+from hpplug.sweep.spec import (EXAMPLE_COMMAND, OWN_OPTIONS, command_plugins, plugin_choices, show,
                                trial_problem, unknown_name, value_checker)
 
 if TYPE_CHECKING:
-    from hpplug.sweep_spec import SweepSpec
+    from hpplug.sweep.spec import SweepSpec
 
 METHODS = ("grid", "random", "bayes")
 KNOWN_METRICS = {"val/accuracy": "maximize", "val/loss": "minimize", "best/val/accuracy": "maximize",

@@ -1,0 +1,227 @@
+"""The offline sweep runner: W&B's engine suggests (``wandb_engine``), trials run as
+subprocesses (``trials``), results go back to the engine. What the W&B server does for a
+sweep is done here: ``run_cap``, ``metric.target``, hyperband stops (SIGUSR1 to the trial).
+
+State lives in ``<sweep dir>/sweep.json`` (``state``), rewritten atomically and durably at
+every change. A trial is recorded there as ``starting`` before its process exists, and its
+process holds the trial's lock file from the fork on, so a runner killed at any instant
+leaves nothing unknown: running the same sweep again waits for trials that still run
+(adopted), collects those that ended meanwhile, and starts again, under the same run id,
+those whose process is gone (``hpplug run`` resumes from the checkpoint when
+``WANDB_RUN_ID`` names a run that has one, and otherwise keeps the earlier attempt in the
+record's ``attempts/<n>/``). No trial runs twice.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hpplug.errors import HpplugError
+from hpplug.sweep import report, state, wandb_engine
+from hpplug.sweep.launcher import Launcher
+from hpplug.sweep.records import in_training, metric_value, read_history, read_summary
+from hpplug.sweep.spec import SweepSpec, trial_values
+from hpplug.sweep.state import UNFINISHED, SweepState, Trial
+from hpplug.sweep.trials import lock_sweep
+
+MAX_FAILED_IN_A_ROW = 3  # like wandb agent, stop starting trials that all fail at once
+
+
+@dataclass
+class Runner:
+    """Suggests, launches, watches and records the trials of one sweep directory."""
+
+    spec: SweepSpec
+    sweep_dir: Path
+    parallel: int = 1
+    count: int | None = None
+    wandb_mode: str | None = None
+    seed: str | None = None
+    poll_s: float = 0.3
+    echo: Any = click.echo
+    state: SweepState = None  # type: ignore[assignment]  # set by load()
+    queue: list[Trial] = field(default_factory=list)
+    started_new: int = 0
+    failed_in_a_row: int = 0
+    _seen_rows: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Absolute: trial commands and records must not depend on where the runner starts.
+        self.sweep_dir = Path(self.sweep_dir).resolve()
+        self.procs: Launcher = None  # type: ignore[assignment]  # set by load()
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.sweep_dir / "runs"
+
+    @property
+    def trials(self) -> list[Trial]:
+        return self.state.trials
+
+    def load(self) -> None:
+        """Read and check ``sweep.json`` (a damaged one is one error line), or start afresh.
+        Read-only: a dry run or a refused state writes nothing."""
+        self.state = state.read(self.sweep_dir / "sweep.json", self.spec) or SweepState.new(self.spec, self.seed)
+        self.procs = Launcher(self.spec, self.sweep_dir, self.state.sweep_id, self.save, self.echo, self.parallel,
+                              self.wandb_mode)
+
+    def save(self) -> None:
+        """Write ``sweep.json`` atomically and durably."""
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        state.write(self.sweep_dir / "sweep.json", self.state)
+
+    def running(self) -> list[Trial]:
+        return [t for t in self.trials if t.id in self.procs.handles]
+
+    # suggestions ---------------------------------------------------------------------
+    def may_start(self) -> bool:
+        cap = self.spec.raw.get("run_cap")
+        if cap is not None and len(self.trials) >= cap and not self.state.done:
+            self.state.done = f"run_cap {cap} reached"
+        if self.failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+            return False
+        return not self.state.done and (self.count is None or self.started_new < self.count)
+
+    def new_trial(self) -> Trial | None:
+        from hpplug.tracking import new_run_id
+
+        suggestion = wandb_engine.suggest(self.spec, self.state)
+        if suggestion is None:
+            self.state.done = "grid exhausted: every grid point has run"
+            return None
+        taken = {t.id for t in self.trials}
+        run_id = new_run_id()
+        while run_id in taken or (self.runs_dir / run_id).exists():
+            run_id = new_run_id()
+        config = state.plain(suggestion.config)
+        trial = Trial(number=len(self.trials) + 1, id=run_id, config=config, values=trial_values(self.spec, config),
+                      record=str(self.runs_dir / run_id))
+        self.trials.append(trial)
+        self.started_new += 1
+        return trial
+
+    def next_trial(self) -> Trial | None:
+        if self.queue:
+            return self.queue.pop(0)
+        return self.new_trial() if self.may_start() else None
+
+    def finish(self, trial: Trial, exit_code: int | None, interrupted: bool = False) -> None:
+        """Record how a trial ended, print its line, and check metric.target."""
+        summary = read_summary(trial.record_dir, trial.launched or 0.0)
+        status = summary.get("status")
+        if status not in ("finished", "stopped", "interrupted"):
+            status = "stopped" if trial.stop_requested and exit_code in (0, -getattr(signal, "SIGUSR1", 10)) \
+                else "failed"
+        if interrupted and status == "failed":
+            status = "interrupted"  # we killed it; it starts again on the next run
+        trial.status, trial.exit_code, trial.ended = status, exit_code, time.time()
+        trial.metric = metric_value(self.spec.metric, summary, read_history(trial.record_dir))
+        self.procs.handles.pop(trial.id, None)
+        done = sum(t.status in ("finished", "stopped", "failed") for t in self.trials)
+        self.echo(report.ended_line(self.spec, trial, summary, done, wandb_engine.total(self.spec)))
+        if status == "failed":
+            self.echo("\n".join(report.log_tail(self.procs.log_file(trial))))
+        self.failed_in_a_row = self.failed_in_a_row + 1 if status == "failed" else 0
+        if self.failed_in_a_row == MAX_FAILED_IN_A_ROW:
+            self.echo(f"{MAX_FAILED_IN_A_ROW} trials failed in a row: no new trials start (see their logs)")
+        if status in ("finished", "stopped") and self.spec.reaches_target(trial.metric) and not self.state.done:
+            self.state.done = (f"metric.target {self.spec.raw['metric']['target']} reached by trial "
+                               f"{trial.number} ({trial.id})")
+            self.echo(self.state.done + "; running trials finish, no new ones start")
+        self.save()
+
+    def early_terminate(self) -> None:
+        """Hyperband through W&B's ``stop_runs`` whenever a running trial logged new rows."""
+        if "early_terminate" not in self.spec.raw:
+            return
+        running = self.running()
+        counts = {t.id: len(read_history(t.record_dir)) for t in running}
+        if all(self._seen_rows.get(k) == n for k, n in counts.items()):
+            return
+        self._seen_rows.update(counts)
+        try:
+            to_stop = wandb_engine.stop_runs(self.spec, self.trials)
+        except HpplugError as exc:
+            self.echo(f"hyperband skipped this round: {exc}")
+            return
+        by_id = {t.id: t for t in running}
+        for run in to_stop:  # W&B's runs are named by trial id: map each back to its own trial
+            trial = by_id.get(run.name)
+            if trial is None or trial.stop_requested or not trial.pid or not in_training(trial):
+                continue
+            self.procs.stop(trial)
+            trial.stop_requested = True
+            self.echo("\n".join(report.stopping_lines(self.spec, trial, run)))
+            self.save()
+
+    # the loop ------------------------------------------------------------------------
+    def pick_up(self) -> None:
+        """On a rerun: wait for trials whose process still lives (adopted), collect those that
+        ended meanwhile, and queue the rest (never started, or gone) to start again."""
+        for trial in [t for t in self.trials if t.status in UNFINISHED]:
+            if trial.status == "pending":
+                self.queue.append(trial)
+                continue
+            if self.procs.adopt(trial):
+                continue
+            if read_summary(trial.record_dir, trial.launched or 0.0).get("status") in ("finished", "stopped"):
+                self.finish(trial, None)
+            else:
+                trial.status = "interrupted"
+                self.queue.append(trial)
+        self.save()
+
+    def start_more(self) -> None:
+        while self.procs.processes() < self.parallel:
+            trial = self.next_trial()
+            if trial is None:
+                return
+            self.procs.launch(trial)
+
+    def loop(self) -> None:
+        self.pick_up()
+        while True:
+            for trial, code in self.procs.ended(self.running()):
+                self.finish(trial, code)
+            self.early_terminate()
+            self.start_more()
+            if not self.procs.handles:
+                self.save()
+                return
+            time.sleep(self.poll_s)
+
+    def run(self) -> int:
+        """Run until done (or ``count`` new trials); returns the exit code: 0 done, 1 when
+        trials keep failing, 128 + signal when interrupted (SIGINT, SIGTERM)."""
+        self.load()  # a damaged state is refused before anything is written
+        lock = lock_sweep(self.sweep_dir)
+        try:
+            self.load()  # again: now no other runner can change it
+        except HpplugError:
+            lock.close()
+            raise
+        self.save()
+        received = {"signum": signal.SIGINT}
+
+        def terminate(signum: int, frame: Any) -> None:
+            received["signum"] = signum
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            self.loop()
+            return 1 if self.failed_in_a_row >= MAX_FAILED_IN_A_ROW else 0
+        except KeyboardInterrupt:
+            self.procs.interrupt(received["signum"], self.running,
+                                 lambda trial, code: self.finish(trial, code, interrupted=True))
+            self.save()
+            return 128 + received["signum"]
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            lock.close()
