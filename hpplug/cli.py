@@ -214,30 +214,38 @@ def report(result: Any) -> None:
         sys.exit(128 + (result.signum or 2))
 
 
+def run_setup(catalog: dict[str, Any], ctx: click.Context, plugin: tuple[str, ...], resume: str | None,
+              config_file: str | None, kwargs: dict[str, Any]) -> tuple[RunConfig, list[Any], Any]:
+    """What ``hpplug run`` trains, from its parsed options: ``(config, entries, resume_dir)``.
+    The one reading of a run's command line (a sweep's packed trials are read with it too)."""
+    from hpplug import configfile, record
+
+    reject_extra_args(ctx, catalog)
+    raw = _plugin_values(catalog, kwargs)
+    plugins = split_plugin_names(plugin) if plugin else None
+    if config_file is not None:
+        if resume is not None:
+            raise HpplugError("--config and --resume: a resumed run takes every option from its checkpoint; "
+                              "give one of them")
+        given = {k for k in kwargs if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+        layer = configfile.load(config_file, catalog)
+        plugins, kwargs, raw = configfile.merge(layer, catalog, kwargs, given, plugins, raw)
+    record.env_run_id()  # it may name the folder to resume: checked first
+    resume_dir = _resume_dir(resume, kwargs["output_dir"])
+    if resume_dir is not None:
+        return (*resumed_config(catalog, resume_dir), resume_dir)
+    return (*build_config(catalog, plugins or [], raw, kwargs), None)
+
+
 def run_command(catalog: dict[str, Any]) -> click.Command:
     """``hpplug run``, with one option per parameter of every installed plugin."""
 
     def callback(plugin: tuple[str, ...], resume: str | None, config_file: str | None, print_config: bool,
                  **kwargs: Any) -> None:
-        from hpplug import configfile, engine, preflight, record
+        from hpplug import configfile, engine, preflight
 
-        ctx = click.get_current_context()
-        reject_extra_args(ctx, catalog)
-        raw = _plugin_values(catalog, kwargs)
-        plugins = split_plugin_names(plugin) if plugin else None
-        if config_file is not None:
-            if resume is not None:
-                raise HpplugError("--config and --resume: a resumed run takes every option from its checkpoint; "
-                                  "give one of them")
-            given = {k for k in kwargs if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
-            layer = configfile.load(config_file, catalog)
-            plugins, kwargs, raw = configfile.merge(layer, catalog, kwargs, given, plugins, raw)
-        record.env_run_id()  # it may name the folder to resume: checked first
-        resume_dir = _resume_dir(resume, kwargs["output_dir"])
-        if resume_dir is not None:
-            config, entries = resumed_config(catalog, resume_dir)
-        else:
-            config, entries = build_config(catalog, plugins or [], raw, kwargs)
+        config, entries, resume_dir = run_setup(catalog, click.get_current_context(), plugin, resume, config_file,
+                                                kwargs)
         if print_config:  # with what W&B's variables would fill in, as the run would use it
             from hpplug.config import with_environment
 

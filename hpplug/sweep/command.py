@@ -96,6 +96,11 @@ def write_template(text: str, output: str) -> None:
 @click.option("--count", type=click.IntRange(1), help="Start at most N new trials now (like wandb agent --count).")
 @click.option("--parallel", type=click.IntRange(1, MAX_PARALLEL), default=1, show_default=True,
               help=f"Trials run at once (at most {MAX_PARALLEL}).")
+@click.option("--pack", type=click.IntRange(1), default=1, flag_value=8, is_flag=False, metavar="K",
+              help="Train up to K trials at once in one process, as one vectorized model (--pack alone: 8; "
+                   "default 1: each trial alone). Trials pack together when their command is hpplug run and "
+                   "they share the model, data set, batch size, epochs and optimizer, with plugins that support "
+                   "packing; the others run alone, as without --pack. --parallel counts processes.")
 @click.option("--dir", "sweep_dir", type=click.Path(file_okay=False),
               help="Sweep folder [default: sweeps-runs/<sweep id>, the id from the YAML's path and content].")
 @click.option("--wandb-mode", type=click.Choice(["online", "offline", "disabled"]),
@@ -107,7 +112,7 @@ def write_template(text: str, output: str) -> None:
 @click.option("--method", type=click.Choice(["bayes", "random", "grid"]), default="bayes", show_default=True,
               help="With --template: the search method.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="With --template: write to FILE, not stdout.")
-def sweep_command(yaml_file: str | None, count: int | None, parallel: int, sweep_dir: str | None,
+def sweep_command(yaml_file: str | None, count: int | None, parallel: int, pack: int, sweep_dir: str | None,
                   wandb_mode: str | None, seed: str | None, dry_run: bool, template: bool,
                   plugins: tuple[str, ...], method: str, output: str | None) -> None:
     """Run a W&B sweep YAML on this machine, with W&B's own sweep engine.
@@ -139,7 +144,7 @@ def sweep_command(yaml_file: str | None, count: int | None, parallel: int, sweep
     spec = check(yaml_file, catalog)
     try:
         run_sweep(spec, sweep_folder(sweep_dir, spec), yaml_file, dry_run,
-                  dict(parallel=parallel, count=count, wandb_mode=wandb_mode, seed=seed))
+                  dict(parallel=parallel, count=count, wandb_mode=wandb_mode, seed=seed, pack=pack, catalog=catalog))
     except OSError as exc:  # the sweep folder cannot be read or written (permissions, a full disk)
         raise HpplugError(f"{exc.filename or 'the sweep folder'}: {exc.strerror or exc}") from None
 
@@ -162,7 +167,8 @@ def run_sweep(spec: SweepSpec, folder: Path, yaml_file: str, dry_run: bool, opti
         return
     total = wandb_engine.total(spec)
     click.echo(f"sweep {spec.sweep_id}: {spec.raw['method']} search on {spec.metric} ({spec.goal}), "
-               f"{'' if total is None else f'{total} trials, '}{runner.parallel} at a time; folder {folder}")
+               f"{'' if total is None else f'{total} trials, '}{runner.parallel} at a time"
+               f"{f' (packs of up to {runner.pack})' if runner.pack > 1 else ''}; folder {folder}")
     code = runner.run()
     text, _ = sweep_report.write(spec, runner.state, folder)
     click.echo(text)

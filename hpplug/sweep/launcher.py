@@ -1,6 +1,8 @@
 """The processes of a sweep's trials: start, watch, stop, adopt and interrupt them.
 
-Each running trial maps to the process that trains it (``handles``). A trial is recorded
+Each running trial maps to the process that trains it (``handles``): its own, or a pack
+process that trains several (``--pack``, ``worker``); ``packs`` are the pack processes,
+which count against ``--parallel`` until they exit. A trial is recorded
 as ``starting`` (durably) before its process exists, and the process holds the trial's
 lock file from the fork on (``trials.start``), so a runner killed between any two steps
 leaves a state the next runner reads right.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ from hpplug.errors import HpplugError
 from hpplug.sweep import report
 from hpplug.sweep.spec import SweepSpec
 from hpplug.sweep.state import Trial
+from hpplug.sweep.records import read_summary
 from hpplug.sweep.trials import Adopted, adopt, command, environment, signal_trainers, start
 
 GRACE_S = 60.0  # how long an interrupted trial may take to checkpoint before it is killed
@@ -37,20 +41,28 @@ class Launcher:
     parallel: int = 1
     wandb_mode: str | None = None
     handles: dict[str, Any] = field(default_factory=dict)  # trial id -> its running process
+    packs: dict[int, Any] = field(default_factory=dict)  # pack number -> its process, until it exits
 
     @property
     def runs_dir(self) -> Path:
         return self.sweep_dir / "runs"
 
     def log_file(self, trial: Trial) -> Path:
-        return self.sweep_dir / "logs" / f"{trial.id}.log"
+        """The trial's log: its own, or its pack's (``logs/pack-<n>.log``)."""
+        return self.sweep_dir / "logs" / (f"{trial.id}.log" if trial.pack is None else f"pack-{trial.pack}.log")
 
     def lock_file(self, trial: Trial) -> Path:
         return self.sweep_dir / "logs" / f"{trial.id}.lock"
 
     def processes(self) -> int:
         """How many processes run now (a pack's members share one)."""
-        return len({id(h) for h in self.handles.values()})
+        live = {h.pid or id(h) for h in self.handles.values()}
+        for number, proc in list(self.packs.items()):
+            if proc.poll() is None:
+                live.add(proc.pid)
+            else:
+                del self.packs[number]
+        return len(live)
 
     def command(self, trial: Trial) -> list[str]:
         return command(self.spec, self.runs_dir, trial.values)
@@ -95,7 +107,7 @@ class Launcher:
     def announce(self, trial: Trial, resume: bool, note: str = "") -> None:
         if trial.attempts > 1:
             how = "resuming from its checkpoint" if resume else "starting again"
-            self.echo(f"trial {trial.number} {trial.id}: {how} (attempt {trial.attempts}){note}")
+            self.echo(f"trial {trial.number} {trial.id}: {how} (attempt {trial.attempts})" + (note and f", {note}"))
         else:  # announced as wandb agent does: which trial, which run, which values
             self.echo("\n".join(report.started_lines(self.spec, trial, note)))
 
@@ -108,20 +120,45 @@ class Launcher:
         self.spawn([trial], self.command(trial), self.env(trial), self.log_file(trial))
         self.announce(trial, resume)
 
+    def launch_pack(self, trials: list[Trial], number: int, yaml_file: str) -> None:
+        """Several trials in one pack process (``worker``), which rebuilds their commands
+        from the YAML and ``sweep.json``; each is announced as in pack ``number``."""
+        from hpplug.pack import STOP_REQUEST
+
+        resumes = [self.mark_starting(t, pack=number) for t in trials]
+        for trial in trials:  # a request to an attempt killed before it saw it
+            (trial.record_dir / STOP_REQUEST).unlink(missing_ok=True)
+        self.save()
+        argv = [sys.executable, "-m", "hpplug.sweep.worker", yaml_file, str(self.sweep_dir), *[t.id for t in trials]]
+        self.spawn(trials, argv, self.env(None), self.log_file(trials[0]))
+        self.packs[number] = self.handles[trials[0].id]
+        for trial, resume in zip(trials, resumes):
+            self.announce(trial, resume, f"in pack {number} ({len(trials)} trials)")
+
     # watching --------------------------------------------------------------------------
     def ended(self, trials: list[Trial]) -> list[tuple[Trial, int | None]]:
-        """The running trials whose process ended, with its exit code (None: unknown)."""
+        """The running trials that ended, with their process's exit code (None: unknown,
+        or a pack member whose summary says it ended while the others go on)."""
         out = []
         for trial in trials:
             handle = self.handles.get(trial.id)
             code = handle.poll() if handle is not None else None
             if code is not None:
                 out.append((trial, None if isinstance(handle, Adopted) else code))
+            elif trial.pack is not None and read_summary(trial.record_dir, trial.launched or 0.0).get("status") in (
+                    "finished", "stopped", "failed"):
+                out.append((trial, None))
         return out
 
     def stop(self, trial: Trial) -> None:
-        """Ask a running trial to stop after its current update."""
-        signal_trainers(trial.pid, signal.SIGUSR1)
+        """Ask a running trial to stop after its current update: SIGUSR1, or in a pack a
+        ``stop-request`` file in its record (the pack stops that member, the others go on)."""
+        from hpplug.pack import STOP_REQUEST
+
+        if trial.pack is None:
+            signal_trainers(trial.pid, signal.SIGUSR1)
+        else:
+            (trial.record_dir / STOP_REQUEST).write_text("hyperband\n")
 
     def adopt(self, trial: Trial) -> bool:
         """Whether the trial's process, started by an earlier runner, still lives (then it
@@ -140,7 +177,7 @@ class Launcher:
                   finish: Callable[[Trial, int | None], None]) -> None:
         """Forward the signal so trials checkpoint; kill what has not ended after GRACE_S."""
         self.echo(f"interrupted: stopping {len(self.handles)} running trial(s) so they can resume...")
-        for handle in {id(h): h for h in self.handles.values()}.values():
+        for handle in {h.pid or id(h): h for h in [*self.handles.values(), *self.packs.values()]}.values():
             try:
                 handle.send_signal(signum)
             except (OSError, ProcessLookupError):

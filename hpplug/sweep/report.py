@@ -87,7 +87,8 @@ def hyperband_reason(spec: SweepSpec, run: Any) -> str:
 def started_lines(spec: SweepSpec, trial: Trial, note: str = "") -> list[str]:
     """A trial announced as it starts: number, run id, ``note`` (e.g. its pack) and the
     values that vary (wrapped)."""
-    return fit(f"trial {trial.number} {trial.id} {'started':<8}{note}", settings(spec, trial.values), wrap=True)
+    started = f"started {note}" if note else f"{'started':<8}"
+    return fit(f"trial {trial.number} {trial.id} {started}", settings(spec, trial.values), wrap=True)
 
 
 def log_tail(log: Path, lines: int = 4) -> list[str]:

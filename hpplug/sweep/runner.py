@@ -43,6 +43,8 @@ class Runner:
     count: int | None = None
     wandb_mode: str | None = None
     seed: str | None = None
+    pack: int = 1  # trials per process (--pack); 1: each alone
+    catalog: dict[str, Any] | None = None  # the installed plugins, to group trials in packs
     poll_s: float = 0.3
     echo: Any = click.echo
     state: SweepState = None  # type: ignore[assignment]  # set by load()
@@ -178,11 +180,32 @@ class Runner:
         self.save()
 
     def start_more(self) -> None:
+        """Start processes up to ``parallel``: up to ``pack`` trials each, grouped into packs
+        (``packing``); what does not fit a free process waits at the front of the queue."""
         while self.procs.processes() < self.parallel:
-            trial = self.next_trial()
-            if trial is None:
+            batch = [t for t in (self.next_trial() for _ in range(self.pack)) if t is not None]
+            if not batch:
                 return
-            self.procs.launch(trial)
+            groups = self.packs(batch) if self.pack > 1 else [([t], "") for t in batch]
+            free = self.parallel - self.procs.processes()
+            self.queue[:0] = [t for group, _ in groups[free:] for t in group]
+            for group, alone in groups[:free]:
+                if len(group) > 1:
+                    number = 1 + max((t.pack or 0 for t in self.trials), default=0)
+                    self.procs.launch_pack(group, number, str(self.spec.path))
+                else:
+                    if alone:
+                        self.echo(f"trial {group[0].number} {group[0].id}: runs alone ({alone})")
+                    self.procs.launch(group[0])
+
+    def packs(self, trials: list[Trial]) -> list[tuple[list[Trial], str]]:
+        from hpplug.sweep import packing
+
+        def member_of(trial: Trial) -> Any:
+            args = packing.run_args(self.procs.command(trial))
+            return None if args is None else packing.member(self.catalog or {}, args, trial, self.state.sweep_id)
+
+        return packing.groups(trials, self.pack, member_of)
 
     def loop(self) -> None:
         self.pick_up()

@@ -1,0 +1,84 @@
+"""Which trials of a sweep train together in one process (``hpplug sweep --pack K``).
+
+A trial can join a pack when its command is hpplug's own ``run`` (as ``trials.command``
+builds it: a custom program or a launcher runs alone), its options read as ``hpplug run``
+reads them (``hpplug.cli.run_setup``: the one reading of a run's command line), and
+``hpplug.pack.why_not_packable`` accepts it beside the others (same model, data, batch
+size and epochs, plugins that support packing). The runner groups trials with this, and
+the pack process (``worker``) rebuilds its members with it from the YAML and ``sweep.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from hpplug.errors import HpplugError
+from hpplug.sweep.state import Trial
+
+DEFAULT_PACK = 8  # --pack alone
+
+
+def run_args(argv: list[str]) -> list[str] | None:
+    """The options of hpplug's own ``run`` in a trial's argv; None for anything else."""
+    i = 1 if argv[:1] == ["/usr/bin/env"] else 0  # the ${env} macro
+    if argv[i:i + 4] == [sys.executable, "-m", "hpplug", "run"]:
+        return argv[i + 4:]
+    return None
+
+
+def member(catalog: dict[str, Any], args: list[str], trial: Trial, group: str) -> Any:
+    """A trial as a pack member ``(config, entries, run id, resume dir)``: its options read
+    as ``hpplug run`` reads them, resumed from its record when that has a checkpoint (as
+    ``hpplug run`` under ``WANDB_RUN_ID``), in the sweep's W&B group (``WANDB_RUN_GROUP``)."""
+    import click
+
+    from hpplug import checkpoint
+    from hpplug.cli import run_command, run_setup
+
+    resume = str(trial.record_dir) if checkpoint.has_checkpoint(trial.record_dir) else None
+    try:
+        ctx = run_command(catalog).make_context("run", list(args))
+    except click.ClickException as exc:
+        raise HpplugError(exc.format_message()) from None
+    with ctx:
+        params = dict(ctx.params)
+        given = params.pop("resume")
+        if given is not None:
+            raise HpplugError("hpplug sweep sets --resume")
+        config, entries, resume_dir = run_setup(catalog, ctx, params.pop("plugin"), resume,
+                                                params.pop("config_file"), {k: v for k, v in params.items()
+                                                                            if k != "print_config"})
+    if config.group is None:
+        config.group = group
+    return (config, entries, trial.id, resume_dir)
+
+
+def groups(trials: list[Trial], size: int, member_of: Callable[[Trial], Any]) -> list[tuple[list[Trial], str]]:
+    """``trials`` in packs of at most ``size``, first come first; each group with why its
+    trial runs alone when it is a single one ('' for a pack)."""
+    from hpplug.pack import why_not_packable
+
+    found: list[tuple[list[Trial], list[Any], str]] = []
+    for trial in trials:
+        try:
+            spec = member_of(trial)
+        except HpplugError as exc:  # it runs alone, and fails there with this reason in its log
+            found.append(([trial], [], str(exc)))
+            continue
+        if spec is None:
+            found.append(([trial], [], "its command is not hpplug run"))
+            continue
+        why = "no other trial to pack with"
+        for group, specs, _ in found:
+            if specs and len(group) < size:
+                why = why_not_packable([*specs, spec]) or ""
+                if not why:
+                    group.append(trial)
+                    specs.append(spec)
+                    break
+        else:
+            problem = why_not_packable([spec])
+            found.append(([trial], [] if problem else [spec], problem or why))
+    return [(group, "" if len(group) > 1 else why) for group, _, why in found]
