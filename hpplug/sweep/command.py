@@ -91,7 +91,20 @@ def write_template(text: str, output: str) -> None:
         raise HpplugError(f"-o {output}: cannot write it: {getattr(exc, 'strerror', None) or exc}") from None
 
 
-@click.command("sweep", context_settings={"max_content_width": 100})
+class SweepCommand(click.Command):
+    """``--pack`` takes an optional value, so click would read ``--pack -1`` as ``--pack``
+    followed by an unknown option ``-1``: a negative size is named as what it is."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for before, arg in zip(["", *args], args):
+            value = arg[len("--pack="):] if arg.startswith("--pack=") else arg if before == "--pack" else ""
+            if value.startswith("-") and value[1:].isdigit():
+                raise click.BadParameter(f"{value} is not in the range x>=1 (a number of trials per process)",
+                                         ctx=ctx, param_hint="'--pack'")
+        return super().parse_args(ctx, args)
+
+
+@click.command("sweep", cls=SweepCommand, context_settings={"max_content_width": 100})
 @click.argument("yaml_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--count", type=click.IntRange(1), help="Start at most N new trials now (like wandb agent --count).")
 @click.option("--parallel", type=click.IntRange(1, MAX_PARALLEL), default=1, show_default=True,

@@ -120,7 +120,16 @@ class Launcher:
         self.spawn([trial], self.command(trial), self.env(trial), self.log_file(trial))
         self.announce(trial, resume)
 
-    def launch_pack(self, trials: list[Trial], number: int, yaml_file: str) -> None:
+    def launch_group(self, trials: list[Trial], alone: str, number: int) -> None:
+        """A pack of trials as pack ``number``, or one trial alone (saying why, if given)."""
+        if len(trials) > 1:
+            self.launch_pack(trials, number)
+            return
+        if alone:
+            self.echo(f"trial {trials[0].number} {trials[0].id}: runs alone ({alone})")
+        self.launch(trials[0])
+
+    def launch_pack(self, trials: list[Trial], number: int) -> None:
         """Several trials in one pack process (``worker``), which rebuilds their commands
         from the YAML and ``sweep.json``; each is announced as in pack ``number``."""
         from hpplug.pack import STOP_REQUEST
@@ -129,7 +138,8 @@ class Launcher:
         for trial in trials:  # a request to an attempt killed before it saw it
             (trial.record_dir / STOP_REQUEST).unlink(missing_ok=True)
         self.save()
-        argv = [sys.executable, "-m", "hpplug.sweep.worker", yaml_file, str(self.sweep_dir), *[t.id for t in trials]]
+        argv = [sys.executable, "-m", "hpplug.sweep.worker", str(self.spec.path), str(self.sweep_dir),
+                *[t.id for t in trials]]
         self.spawn(trials, argv, self.env(None), self.log_file(trials[0]))
         self.packs[number] = self.handles[trials[0].id]
         for trial, resume in zip(trials, resumes):

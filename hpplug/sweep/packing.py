@@ -55,10 +55,16 @@ def member(catalog: dict[str, Any], args: list[str], trial: Trial, group: str) -
     return (config, entries, trial.id, resume_dir)
 
 
-def groups(trials: list[Trial], size: int, member_of: Callable[[Trial], Any]) -> list[tuple[list[Trial], str]]:
+def groups(trials: list[Trial], size: int, catalog: dict[str, Any], command_of: Callable[[Trial], list[str]],
+           group: str) -> list[tuple[list[Trial], str]]:
     """``trials`` in packs of at most ``size``, first come first; each group with why its
-    trial runs alone when it is a single one ('' for a pack)."""
+    trial runs alone when it is a single one ('' for a pack). ``command_of`` is a trial's
+    argv, ``group`` the sweep's W&B group."""
     from hpplug.pack import why_not_packable
+
+    def member_of(trial: Trial) -> Any:
+        args = run_args(command_of(trial))
+        return None if args is None else member(catalog, args, trial, group)
 
     found: list[tuple[list[Trial], list[Any], str]] = []
     for trial in trials:
@@ -71,14 +77,14 @@ def groups(trials: list[Trial], size: int, member_of: Callable[[Trial], Any]) ->
             found.append(([trial], [], "its command is not hpplug run"))
             continue
         why = "no other trial to pack with"
-        for group, specs, _ in found:
-            if specs and len(group) < size:
+        for pack, specs, _ in found:
+            if specs and len(pack) < size:
                 why = why_not_packable([*specs, spec]) or ""
                 if not why:
-                    group.append(trial)
+                    pack.append(trial)
                     specs.append(spec)
                     break
         else:
             problem = why_not_packable([spec])
             found.append(([trial], [] if problem else [spec], problem or why))
-    return [(group, "" if len(group) > 1 else why) for group, _, why in found]
+    return [(pack, "" if len(pack) > 1 else why) for pack, _, why in found]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,18 @@ def metric_value(name: str, summary: dict[str, Any], history: list[dict[str, Any
         return float(summary[name])
     logged = [row[name] for row in history if number(row.get(name))]
     return float(logged[-1]) if logged else None
+
+
+def ended_status(summary: dict[str, Any], stop_requested: bool, exit_code: int | None, interrupted: bool) -> str:
+    """How a trial ended: its summary's status; else stopped when it was asked to stop and
+    exited as a stopped run does; else failed, or interrupted when the sweep ended it
+    (it starts again on the next run)."""
+    status = summary.get("status")
+    if status in ("finished", "stopped", "interrupted"):
+        return status
+    if stop_requested and exit_code in (0, -getattr(signal, "SIGUSR1", 10)):
+        return "stopped"
+    return "interrupted" if interrupted else "failed"
 
 
 def is_count(value: Any) -> bool:

@@ -23,9 +23,9 @@ from typing import Any
 import click
 
 from hpplug.errors import HpplugError
-from hpplug.sweep import report, state, wandb_engine
+from hpplug.sweep import packing, report, state, wandb_engine
 from hpplug.sweep.launcher import Launcher
-from hpplug.sweep.records import in_training, metric_value, read_history, read_summary
+from hpplug.sweep.records import ended_status, metric_value, read_history, read_summary
 from hpplug.sweep.spec import SweepSpec, trial_values
 from hpplug.sweep.state import UNFINISHED, SweepState, Trial
 from hpplug.sweep.trials import lock_sweep
@@ -116,12 +116,7 @@ class Runner:
     def finish(self, trial: Trial, exit_code: int | None, interrupted: bool = False) -> None:
         """Record how a trial ended, print its line, and check metric.target."""
         summary = read_summary(trial.record_dir, trial.launched or 0.0)
-        status = summary.get("status")
-        if status not in ("finished", "stopped", "interrupted"):
-            status = "stopped" if trial.stop_requested and exit_code in (0, -getattr(signal, "SIGUSR1", 10)) \
-                else "failed"
-        if interrupted and status == "failed":
-            status = "interrupted"  # we killed it; it starts again on the next run
+        status = ended_status(summary, trial.stop_requested, exit_code, interrupted)
         trial.status, trial.exit_code, trial.ended = status, exit_code, time.time()
         trial.metric = metric_value(self.spec.metric, summary, read_history(trial.record_dir))
         self.procs.handles.pop(trial.id, None)
@@ -142,21 +137,12 @@ class Runner:
         """Hyperband through W&B's ``stop_runs`` whenever a running trial logged new rows."""
         if "early_terminate" not in self.spec.raw:
             return
-        running = self.running()
-        counts = {t.id: len(read_history(t.record_dir)) for t in running}
-        if all(self._seen_rows.get(k) == n for k, n in counts.items()):
-            return
-        self._seen_rows.update(counts)
         try:
-            to_stop = wandb_engine.stop_runs(self.spec, self.trials)
+            to_stop = wandb_engine.to_stop(self.spec, self.trials, self.running(), self._seen_rows)
         except HpplugError as exc:
             self.echo(f"hyperband skipped this round: {exc}")
             return
-        by_id = {t.id: t for t in running}
-        for run in to_stop:  # W&B's runs are named by trial id: map each back to its own trial
-            trial = by_id.get(run.name)
-            if trial is None or trial.stop_requested or not trial.pid or not in_training(trial):
-                continue
+        for trial, run in to_stop:
             self.procs.stop(trial)
             trial.stop_requested = True
             self.echo("\n".join(report.stopping_lines(self.spec, trial, run)))
@@ -186,26 +172,12 @@ class Runner:
             batch = [t for t in (self.next_trial() for _ in range(self.pack)) if t is not None]
             if not batch:
                 return
-            groups = self.packs(batch) if self.pack > 1 else [([t], "") for t in batch]
+            groups = [([t], "") for t in batch] if self.pack == 1 else \
+                packing.groups(batch, self.pack, self.catalog or {}, self.procs.command, self.state.sweep_id)
             free = self.parallel - self.procs.processes()
             self.queue[:0] = [t for group, _ in groups[free:] for t in group]
             for group, alone in groups[:free]:
-                if len(group) > 1:
-                    number = 1 + max((t.pack or 0 for t in self.trials), default=0)
-                    self.procs.launch_pack(group, number, str(self.spec.path))
-                else:
-                    if alone:
-                        self.echo(f"trial {group[0].number} {group[0].id}: runs alone ({alone})")
-                    self.procs.launch(group[0])
-
-    def packs(self, trials: list[Trial]) -> list[tuple[list[Trial], str]]:
-        from hpplug.sweep import packing
-
-        def member_of(trial: Trial) -> Any:
-            args = packing.run_args(self.procs.command(trial))
-            return None if args is None else packing.member(self.catalog or {}, args, trial, self.state.sweep_id)
-
-        return packing.groups(trials, self.pack, member_of)
+                self.procs.launch_group(group, alone, 1 + max((t.pack or 0 for t in self.trials), default=0))
 
     def loop(self) -> None:
         self.pick_up()
@@ -214,7 +186,7 @@ class Runner:
                 self.finish(trial, code)
             self.early_terminate()
             self.start_more()
-            if not self.procs.handles:
+            if not self.procs.processes():  # a pack whose members all ended may still be closing
                 self.save()
                 return
             time.sleep(self.poll_s)

@@ -15,7 +15,7 @@ import warnings
 from typing import Any
 
 from hpplug.errors import HpplugError
-from hpplug.sweep.records import read_history, read_summary
+from hpplug.sweep.records import in_training, read_history, read_summary
 from hpplug.sweep.spec import SweepSpec
 from hpplug.sweep.state import SweepState, Trial
 
@@ -53,6 +53,23 @@ def suggest(spec: SweepSpec, state: SweepState) -> Any:
         except Exception as exc:  # checked before the sweep started: only the trials' data differ
             raise HpplugError(f"W&B's sweep engine failed on the results so far ({type(exc).__name__}: "
                               f"{exc}); running trials go on, and the sweep continues when run again") from None
+
+
+def to_stop(spec: SweepSpec, trials: list[Trial], running: list[Trial], seen: dict[str, int]) -> list[tuple[Trial, Any]]:
+    """The running trials hyperband stops now, each with its W&B run; asked only when a
+    running trial logged new rows since the last time (``seen``: rows per trial id). Not a
+    trial already asked, nor one outside its training loop (``records.in_training``)."""
+    counts = {t.id: len(read_history(t.record_dir)) for t in running}
+    if all(seen.get(k) == n for k, n in counts.items()):
+        return []
+    seen.update(counts)
+    by_id = {t.id: t for t in running}
+    out = []
+    for run in stop_runs(spec, trials):  # W&B's runs are named by trial id: each back to its own trial
+        trial = by_id.get(run.name)
+        if trial is not None and not trial.stop_requested and trial.pid and in_training(trial):
+            out.append((trial, run))
+    return out
 
 
 def stop_runs(spec: SweepSpec, trials: list[Trial]) -> list[Any]:

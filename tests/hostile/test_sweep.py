@@ -86,6 +86,16 @@ def test_bad_values_are_one_line(refused: Callable[..., Any], user_file: Callabl
     assert line.startswith(f"Error: {name} cannot run as a sweep: ") and expected in line, line
 
 
+@pytest.mark.parametrize("value, expected", [("0", "0 is not in the range x>=1"), ("-1", "-1 is not in the range"),
+                                             ("four", "'four' is not a valid integer")], ids=["zero", "negative", "text"])
+def test_bad_pack_sizes_are_one_line(refused: Callable[..., Any], user_file: Callable[..., str], value: str,
+                                     expected: str) -> None:
+    name = user_file("s.yaml", HEAD + "method: grid\nparameters: {lr: {value: 0.1}}\n")
+    for given in ([f"--pack={value}"], ["--pack", value]):
+        line = refused("sweep", name, "--dir", "sw", *given).line
+        assert "--pack" in line and expected in line, line
+
+
 @pytest.mark.parametrize("content, expected", [
     ("method: [", "not valid YAML"),
     ("- a list\n- of things\n", "must be a YAML mapping"),

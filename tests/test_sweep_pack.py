@@ -1,0 +1,149 @@
+"""``hpplug sweep --pack K``: trials trained together in one process, each a complete run.
+
+Real sweeps on digits: real pack processes (``python -m hpplug.sweep.worker``), real offline
+W&B runs read back with ``hpplug.wandb_file``, a real SIGKILL of the runner and its pack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from hpplug import checkpoint
+from hpplug.sweep.command import sweep_command
+from hpplug.wandb_file import find_run_files, read_run
+
+COMMAND = ["${env}", "hpplug", "run", "${args}"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(tmp_path)
+
+
+def write_yaml(path: Path, parameters: dict[str, Any], **extra: Any) -> Path:
+    path.write_text(yaml.safe_dump({"method": "grid", "metric": {"name": "val/accuracy", "goal": "maximize"},
+                                    "command": COMMAND, **extra, "parameters": parameters}, sort_keys=False))
+    return path
+
+
+def sweep(path: Path, folder: str, *options: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """Run the sweep in this process (its trials and packs are subprocesses)."""
+    out = CliRunner().invoke(sweep_command, [str(path), "--dir", folder, *options])
+    assert out.exit_code == 0, out.output
+    return out.output.splitlines(), json.loads((Path(folder) / "sweep.json").read_text())["trials"]
+
+
+def summary(trial: dict[str, Any]) -> dict[str, Any]:
+    return json.loads((Path(trial["record"]) / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_packed_grid_gives_each_trial_its_run_and_the_unpacked_result(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "g.yaml", {"lr": {"values": [0.05, 0.3]}, "epochs": {"value": 1},
+                                           "seed": {"values": [1, 2]}, "wandb_mode": {"value": "offline"}})
+    lines, packed = sweep(path, "packed", "--pack", "4", "--parallel", "2")
+    _, alone = sweep(path, "alone", "--parallel", "2")
+
+    assert [t["pack"] for t in packed] == [1] * 4 and all(t["pack"] is None for t in alone)
+    assert [t["values"] for t in packed] == [t["values"] for t in alone]
+    for p, a in zip(packed, alone):
+        assert p["status"] == a["status"] == "finished" and p["attempts"] == 1
+        assert abs(p["metric"] - a["metric"]) <= 0.005
+        assert summary(p)["val/accuracy"] == p["metric"] and summary(p)["pack/size"] == 4
+        assert f"trial {p['number']} {p['id']} started in pack 1 (4 trials)" in "\n".join(lines)
+        assert sum(line.startswith(f"trial {p['number']} {p['id']} finished ") for line in lines) == 1
+    # each trial its own offline W&B run: id = trial id, group = sweep id, the keys of an unpacked one
+    runs = {name: {r.run_id: r for r in map(read_run, find_run_files(Path(name) / "runs"))}
+            for name in ("packed", "alone")}
+    sweep_id = json.loads(Path("packed/sweep.json").read_text())["sweep_id"]
+    assert set(runs["packed"]) == {t["id"] for t in packed}
+    for p, a in zip(packed, alone):
+        mine, theirs = runs["packed"][p["id"]], runs["alone"][a["id"]]
+        assert mine.group == theirs.group == sweep_id and mine.exit_code == 0
+        assert set(mine.config) == set(theirs.config) and mine.config["lr"] == p["values"]["lr"]
+        assert {k for row in mine.history for k in row} == {k for row in theirs.history for k in row}
+
+
+@pytest.mark.slow
+def test_hyperband_stops_one_member_of_a_pack_and_the_others_finish(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "hb.yaml", {"epochs": {"value": 20}, "batch_size": {"value": 32},
+                                             "wandb_mode": {"value": "disabled"},
+                                             "lr": {"values": [0.1, 0.2, 0.0001]}},
+                      early_terminate={"type": "hyperband", "max_iter": 10, "s": 1, "eta": 2})
+    lines, trials = sweep(path, "sw", "--pack", "3")
+    assert [t["status"] for t in trials] == ["finished", "finished", "stopped"], "\n".join(lines)
+    assert {t["pack"] for t in trials} == {1}
+    good, bad = summary(trials[0]), summary(trials[2])
+    assert good["status"] == "finished" and good["epochs_done"] == 20
+    assert bad["status"] == "stopped" and "stop-request" in bad["stop_reason"] and bad["epochs_done"] < 20
+    assert sum("stopping early (hyperband)" in line for line in lines) == 1
+    assert not (Path(trials[2]["record"]) / "stop-request").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_runner_and_pack_lose_no_finished_trial_and_resume_the_rest(tmp_path: Path) -> None:
+    """Pack 1 finishes; pack 2 is SIGKILLed with its runner mid-training; the rerun leaves
+    pack 1 alone and resumes pack 2's trials from their checkpoints, each once more."""
+    path = write_yaml(tmp_path / "k.yaml", {"epochs": {"value": 6}, "checkpoint_every": {"value": "10"},
+                                            "wandb_mode": {"value": "disabled"},
+                                            "lr": {"values": [0.05, 0.1, 0.2, 0.3]}})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    runner = subprocess.Popen([sys.executable, "-m", "hpplug", "sweep", str(path), "--dir", "sw", "--pack", "2"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            trials = json.loads(Path("sw/sweep.json").read_text())["trials"]
+        except (OSError, ValueError):
+            trials = []
+        second = [t for t in trials if t.get("pack") == 2 and t["status"] == "running"]
+        if len(second) == 2 and all(checkpoint.has_checkpoint(Path(t["record"])) for t in second):
+            break
+        time.sleep(0.05)
+    else:
+        runner.kill()
+        pytest.fail(f"pack 2 never checkpointed: {runner.communicate()[0].decode()}")
+    os.kill(second[0]["pid"], signal.SIGKILL)
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait()
+    first = [t for t in trials if t["pack"] == 1]
+    assert [t["status"] for t in first] == ["finished"] * 2
+    kept = {t["id"]: (Path(t["record"]) / "summary.json").read_bytes() for t in first}
+
+    lines, after = sweep(path, "sw", "--pack", "2")
+    text = "\n".join(lines)
+    assert [t["status"] for t in after] == ["finished"] * 4, text
+    for t in after[:2]:  # untouched
+        assert t["attempts"] == 1 and (Path(t["record"]) / "summary.json").read_bytes() == kept[t["id"]]
+        assert t["id"] not in text.split("#  trial")[0]
+    for t in after[2:]:  # resumed once, together, from their checkpoints: the same run, not a new one
+        assert t["attempts"] == 2 and t["pack"] == 3
+        assert f"trial {t['number']} {t['id']}: resuming from its checkpoint (attempt 2), in pack 3 (2 trials)" in text
+        assert not (Path(t["record"]) / "attempts").exists() and summary(t)["epochs_done"] == 6
+
+
+@pytest.mark.slow
+def test_a_trial_with_a_plugin_that_does_not_pack_runs_alone_beside_a_pack(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "m.yaml", {"epochs": {"value": 1}, "wandb_mode": {"value": "disabled"},
+                                            "plugin": {"values": [[], ["sam"]]}, "lr": {"values": [0.1, 0.2]}})
+    lines, trials = sweep(path, "sw", "--pack", "4", "--parallel", "2")
+    assert [t["status"] for t in trials] == ["finished"] * 4
+    packed = [t for t in trials if t["pack"] is not None]
+    assert [t["values"]["plugin"] for t in packed] == [[], []] and {t["pack"] for t in packed} == {1}
+    for t in trials:
+        if t["pack"] is None:
+            assert t["values"]["plugin"] == ["sam"] and (Path("sw/logs") / f"{t['id']}.log").exists()
+            assert any(line.startswith(f"trial {t['number']} {t['id']}: runs alone (plugin sam") for line in lines)
