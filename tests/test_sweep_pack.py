@@ -147,3 +147,66 @@ def test_a_trial_with_a_plugin_that_does_not_pack_runs_alone_beside_a_pack(tmp_p
         if t["pack"] is None:
             assert t["values"]["plugin"] == ["sam"] and (Path("sw/logs") / f"{t['id']}.log").exists()
             assert any(line.startswith(f"trial {t['number']} {t['id']}: runs alone (plugin sam") for line in lines)
+
+
+def test_trials_pack_by_what_they_share_and_the_rest_say_why_they_run_alone(tmp_path: Path) -> None:
+    """The grouping reads each trial's options as hpplug run does (in this process: fast)."""
+    from hpplug.manager import discover
+    from hpplug.sweep.packing import groups
+    from hpplug.sweep.spec import load
+    from hpplug.sweep.state import Trial
+    from hpplug.sweep.trials import command
+
+    spec, _ = load(write_yaml(tmp_path / "p.yaml", {"lr": {"values": [0.1]}}))
+    runs = tmp_path / "runs"
+
+    def trial(number: int, **values: Any) -> Trial:
+        return Trial(number=number, id=f"t{number}", config={k: {"value": v} for k, v in values.items()},
+                     values=values, record=str(runs / f"t{number}"))
+
+    trials = [trial(1, lr=0.1), trial(2, lr=0.2, seed=3), trial(3, lr=0.1, batch_size=32), trial(4, plugin=["sam"]),
+              trial(5, lr="fast"), trial(6, lr=0.3, plugin=["cosine"]), trial(7, custom=True)]
+
+    def argv(t: Trial) -> list[str]:
+        return ["python", "train.py"] if "custom" in t.values else command(spec, runs, t.values)
+
+    found = groups(trials, 3, discover(), argv, "grp")
+    assert [[t.id for t in group] for group, _ in found] == [["t1", "t2", "t6"], ["t3"], ["t4"], ["t5"], ["t7"]]
+    why = {group[0].id: reason for group, reason in found}
+    assert why["t1"] == "" and "batch_size" in why["t3"] and "plugin sam" in why["t4"]
+    assert "--lr" in why["t5"] and why["t7"] == "its command is not hpplug run"
+
+
+@pytest.mark.slow
+def test_sigterm_of_the_runner_checkpoints_every_member_of_its_pack(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "t.yaml", {"epochs": {"value": 200}, "wandb_mode": {"value": "disabled"},
+                                            "lr": {"values": [0.05, 0.1]}})
+    runner = subprocess.Popen([sys.executable, "-m", "hpplug", "sweep", str(path), "--dir", "sw", "--pack"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(  # both in training: an epoch logged
+            "val/accuracy" in _text(tmp_path / "sw" / "runs" / t / "metrics.jsonl") for t in _ids(tmp_path / "sw", 2)):
+        time.sleep(0.1)
+    runner.send_signal(signal.SIGTERM)
+    out = runner.communicate(timeout=120)[0].decode()
+    assert runner.returncode == 128 + signal.SIGTERM, out
+    trials = json.loads((tmp_path / "sw" / "sweep.json").read_text())["trials"]
+    assert [t["status"] for t in trials] == ["interrupted"] * 2 and {t["pack"] for t in trials} == {1}, out
+    for t in trials:
+        assert summary(t)["status"] == "interrupted" and checkpoint.has_checkpoint(Path(t["record"]))
+
+
+def _ids(sweep_dir: Path, n: int) -> list[str]:
+    """The ids of the first ``n`` trials once ``sweep.json`` has them (else none)."""
+    try:
+        trials = json.loads((sweep_dir / "sweep.json").read_text())["trials"]
+    except (OSError, ValueError):
+        return ["?"]
+    return [t["id"] for t in trials[:n]] if len(trials) >= n else ["?"]
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

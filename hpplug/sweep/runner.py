@@ -78,6 +78,14 @@ class Runner:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         state.write(self.sweep_dir / "sweep.json", self.state)
 
+    def plugins(self) -> dict[str, Any]:
+        """The installed plugins (``hpplug sweep`` passes the catalog it checked the YAML with)."""
+        if self.catalog is None:
+            from hpplug.manager import discover
+
+            self.catalog = discover()
+        return self.catalog
+
     def running(self) -> list[Trial]:
         return [t for t in self.trials if t.id in self.procs.handles]
 
@@ -173,7 +181,7 @@ class Runner:
             if not batch:
                 return
             groups = [([t], "") for t in batch] if self.pack == 1 else \
-                packing.groups(batch, self.pack, self.catalog or {}, self.procs.command, self.state.sweep_id)
+                packing.groups(batch, self.pack, self.plugins(), self.procs.command, self.state.sweep_id)
             free = self.parallel - self.procs.processes()
             self.queue[:0] = [t for group, _ in groups[free:] for t in group]
             for group, alone in groups[:free]:
