@@ -34,10 +34,13 @@ def member(catalog: dict[str, Any], args: list[str], trial: Trial, group: str) -
     ``hpplug run`` under ``WANDB_RUN_ID``), in the sweep's W&B group (``WANDB_RUN_GROUP``)."""
     import click
 
-    from hpplug import checkpoint
+    from hpplug import record
     from hpplug.cli import run_command, run_setup
 
-    resume = str(trial.record_dir) if checkpoint.has_checkpoint(trial.record_dir) else None
+    state = record.classify(trial.record_dir)  # as hpplug run does for WANDB_RUN_ID
+    if state != "resumable":
+        record.check_new(trial.record_dir, state)  # a finished run is refused, never run again
+    resume = str(trial.record_dir) if state == "resumable" else None
     try:
         ctx = run_command(catalog).make_context("run", list(args))
     except click.ClickException as exc:

@@ -1,6 +1,8 @@
 """The offline sweep runner: W&B's engine suggests (``wandb_engine``), trials run as
-subprocesses (``trials``), results go back to the engine. What the W&B server does for a
-sweep is done here: ``run_cap``, ``metric.target``, hyperband stops (SIGUSR1 to the trial).
+subprocesses (``launcher``), alone or, with ``--pack K``, several in one pack process
+(``packing``, ``worker``); results go back to the engine. What the W&B server does for a
+sweep is done here: ``run_cap``, ``metric.target``, hyperband stops (SIGUSR1 to the trial,
+a ``stop-request`` file to a pack's member).
 
 State lives in ``<sweep dir>/sweep.json`` (``state``), rewritten atomically and durably at
 every change. A trial is recorded there as ``starting`` before its process exists, and its
@@ -9,7 +11,7 @@ leaves nothing unknown: running the same sweep again waits for trials that still
 (adopted), collects those that ended meanwhile, and starts again, under the same run id,
 those whose process is gone (``hpplug run`` resumes from the checkpoint when
 ``WANDB_RUN_ID`` names a run that has one, and otherwise keeps the earlier attempt in the
-record's ``attempts/<n>/``). No trial runs twice.
+record's ``attempts/<n>/``; a pack's members likewise, packed again). No trial runs twice.
 """
 
 from __future__ import annotations
