@@ -56,9 +56,9 @@ def _plugin_options(catalog: dict[str, Any]) -> dict[str, list[click.Option]]:
     """``--<plugin>.<param>`` options, by plugin (``hpplug run --help`` lists them under its name)."""
     options: dict[str, list[click.Option]] = {}
     for name, entry in sorted(catalog.items()):
-        if entry.cls is None:
+        if not entry.active:
             continue
-        for key, param in entry.cls.params.items():
+        for key, param in entry.info.params.items():
             default = "unset" if param.default is None else param.default
             options.setdefault(name, []).append(click.Option(
                 [f"--{name}.{key}", f"{name.replace('-', '_')}__{key}"], type=click.STRING, default=None,
@@ -70,9 +70,9 @@ def _plugin_values(catalog: dict[str, Any], kwargs: dict[str, Any]) -> dict[str,
     """Pop ``<plugin>__<param>`` keyword arguments into ``{plugin: {param: raw}}``."""
     raw: dict[str, dict[str, Any]] = {}
     for name, entry in catalog.items():
-        if entry.cls is None:
+        if not entry.active:
             continue
-        for key in entry.cls.params:
+        for key in entry.info.params:
             value = kwargs.pop(f"{name.replace('-', '_')}__{key}", None)
             if value is not None:
                 raw.setdefault(name, {})[key] = value
@@ -237,28 +237,32 @@ def run_setup(catalog: dict[str, Any], ctx: click.Context, plugin: tuple[str, ..
     return (*build_config(catalog, plugins or [], raw, kwargs), None)
 
 
-def run_command(catalog: dict[str, Any]) -> click.Command:
-    """``hpplug run``, with one option per parameter of every installed plugin."""
+def run_command(catalog: dict[str, Any], imported: bool = True) -> click.Command:
+    """``hpplug run``, with one option per parameter of every installed plugin. A command built
+    from the metadata cache (``imported`` False: for help and completion) imports and checks
+    the plugins for real if it does come to run."""
 
     def callback(plugin: tuple[str, ...], resume: str | None, config_file: str | None, print_config: bool,
                  **kwargs: Any) -> None:
         from hpplug import configfile, engine, preflight
+        from hpplug.discovery import discover
 
-        config, entries, resume_dir = run_setup(catalog, click.get_current_context(), plugin, resume, config_file,
-                                                kwargs)
+        plugins_now = catalog if imported else discover()
+        config, entries, resume_dir = run_setup(plugins_now, click.get_current_context(), plugin, resume,
+                                                config_file, kwargs)
         if print_config:  # with what W&B's variables would fill in, as the run would use it
             from hpplug.config import with_environment
 
             click.echo(configfile.dump(with_environment(config, os.environ)), nl=False)
             return
         preflight.check(config, os.environ)
-        result = engine.run(config, entries, apply_overrides=sweep_overrides(catalog), resume_dir=resume_dir)
+        result = engine.run(config, entries, apply_overrides=sweep_overrides(plugins_now), resume_dir=resume_dir)
         report(result)
 
     from hpplug.completion import names_for
     from hpplug.run_help import RunCommand
 
-    names = ", ".join(sorted(n for n, e in catalog.items() if e.cls is not None)) or "none installed"
+    names = ", ".join(sorted(n for n, e in catalog.items() if e.active)) or "none installed"
     params = [click.Option(["--plugin", "--plugins", "-p", "plugin"], multiple=True, metavar="NAME",
                            shell_complete=names_for(catalog, "plugin"),
                            help=f"Plugin to use; repeat for several. Installed: {names}."),
@@ -285,6 +289,7 @@ def run_command(catalog: dict[str, Any]) -> click.Command:
 
 
 RUN_SHORT_HELP = "Train a model assembled from plugins."
+SHOWING_RUN = "hpplug.showing_run"  # ctx.meta: the command line asks for help, not for a run
 
 
 # Commands defined in their own modules, imported only when used: "name": "module:attr".
@@ -304,6 +309,10 @@ class HpplugCLI(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name == "run":
+            if ctx.resilient_parsing or ctx.meta.get(SHOWING_RUN):  # completion or help: nothing imported
+                from hpplug.plugin_cache import catalog
+
+                return run_command(catalog(), imported=False)
             from hpplug.discovery import discover
 
             return run_command(discover())
@@ -328,7 +337,8 @@ class HpplugCLI(click.Group):
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
                                                                              list[str]]:
         name = args[0] if args else ""
-        if not name.startswith("-") and self.get_command(ctx, name) is None:
+        ctx.meta[SHOWING_RUN] = any(arg in ctx.help_option_names for arg in args[1:])
+        if not name.startswith("-") and name != "run" and self.get_command(ctx, name) is None:
             raise click.UsageError(f"no command {name!r}; {hint(name, self.list_commands(ctx))}"
                                    "`hpplug --help` lists them")
         return super().resolve_command(ctx, args)

@@ -15,9 +15,9 @@ import inspect
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pluggy
 from packaging.requirements import InvalidRequirement, Requirement
@@ -27,6 +27,9 @@ from packaging.utils import canonicalize_name
 from hpplug import __version__, hookspecs
 from hpplug.errors import HpplugError, one_line
 from hpplug.plugin import Param, Plugin
+
+if TYPE_CHECKING:
+    from hpplug.plugin_cache import PluginInfo
 
 GROUP = "hpplug"
 BUILTIN_DISTRIBUTIONS = frozenset(
@@ -56,8 +59,11 @@ _local: dict[str, type[Plugin]] = {}
 class PluginEntry:
     """One plugin name: where it comes from, and its class or why it cannot be used.
 
-    ``status`` is ``active`` (loaded and checked: usable), ``disabled`` (not imported
-    because third-party autoload is off) or ``error`` (``error`` says why, in one line).
+    ``status`` is ``active`` (loaded and checked, or known so from the metadata cache:
+    usable), ``disabled`` (not imported because third-party autoload is off) or ``error``
+    (``error`` says why, in one line). ``info`` is what listings, help and completion
+    show; it comes from ``cls``, or from :mod:`hpplug.plugin_cache` when the class was
+    not imported (then ``cls`` is None and the entry is for showing, not for running).
     """
 
     name: str
@@ -67,12 +73,21 @@ class PluginEntry:
     cls: type[Plugin] | None = None  # set only when every check passed
     error: str | None = None
     disabled: bool = False
+    cached: PluginInfo | None = field(default=None, repr=False)  # info read from the cache, or derived once from cls
+
+    @property
+    def info(self) -> PluginInfo | None:
+        if self.cached is None and self.cls is not None:
+            from hpplug.plugin_cache import PluginInfo
+
+            self.cached = PluginInfo.of(self.cls)
+        return self.cached
 
     @property
     def status(self) -> str:
         if self.disabled:
             return "disabled"
-        return "active" if self.cls is not None and self.error is None else "error"
+        return "active" if (self.cls is not None or self.cached is not None) and self.error is None else "error"
 
     @property
     def active(self) -> bool:
@@ -84,11 +99,13 @@ class PluginEntry:
 
     @property
     def kind_name(self) -> str:
-        return self.cls.kind if self.cls is not None else "?"
+        info = self.info
+        return info.kind if info is not None else "?"
 
     @property
     def hooks(self) -> list[str]:
-        return list(hooks_of(self.cls)) if self.cls is not None else []
+        info = self.info
+        return list(info.hooks) if info is not None else []
 
 
 def third_party_disabled() -> bool:
@@ -99,19 +116,28 @@ def third_party_disabled() -> bool:
 
 
 def discover() -> dict[str, PluginEntry]:
-    """Every plugin installed or registered in-process, keyed by plugin name; never raises."""
+    """Every plugin installed or registered in-process, keyed by plugin name, each imported
+    and checked; never raises. (Listings and help read :func:`hpplug.plugin_cache.catalog`.)"""
+    return with_local({name: load_entry(name, eps) for name, eps in entry_points().items()})
+
+
+def entry_points() -> dict[str, list[metadata.EntryPoint]]:
+    """The installed entry points of group ``hpplug`` by plugin name; nothing is imported."""
     by_name: dict[str, list[metadata.EntryPoint]] = {}
     for ep in metadata.entry_points(group=GROUP):
         by_name.setdefault(ep.name, []).append(ep)
-    entries = {name: _load_entry(name, eps) for name, eps in by_name.items()}
-    # In-process registrations win over installed packages: a package's own tests use
-    # the class in its source tree even while an older release is installed.
+    return by_name
+
+
+def with_local(entries: dict[str, PluginEntry]) -> dict[str, PluginEntry]:
+    """``entries`` with the in-process registrations, which win over installed packages: a
+    package's own tests use the class in its source tree even while an older release is installed."""
     for name, cls in _local.items():
         entries[name] = PluginEntry(name, LOCAL_DISTRIBUTION, __version__, _target(cls), cls=cls)
     return entries
 
 
-def _load_entry(name: str, eps: list[metadata.EntryPoint]) -> PluginEntry:
+def load_entry(name: str, eps: list[metadata.EntryPoint]) -> PluginEntry:
     """Check what can be checked before importing (name, duplicates), then import and check."""
     if third_party_disabled():  # a built-in keeps its name even if a disabled package reuses it
         eps = [ep for ep in eps if _dist_name(ep) in BUILTIN_DISTRIBUTIONS] or eps

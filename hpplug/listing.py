@@ -8,9 +8,7 @@ the first paragraph of its method card (the ``README.md`` beside its module).
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import click
@@ -21,62 +19,23 @@ from hpplug.suggest import hint
 
 def describe(entry: Any) -> dict[str, Any]:
     """One plugin as data: status, kind, distribution, hooks, slot, parameters with their ranges."""
-    params = []
-    if entry.cls is not None:
-        params = [{"name": k, "type": p.type_name, "default": p.default, "min": p.min, "max": p.max,
-                   "choices": None if p.choices is None else list(p.choices), "help": p.help}
-                  for k, p in entry.cls.params.items()]
+    info = entry.info
     return {"name": entry.name, "status": entry.status, "kind": entry.kind_name,
             "distribution": entry.distribution, "version": entry.version, "builtin": entry.builtin,
-            "hooks": entry.hooks, "params": params, "slot": entry.cls.slot if entry.cls else None,
-            "error": entry.error}
-
-
-def card(cls: type | None) -> tuple[str | None, str | None]:
-    """The first paragraph of a plugin's method card and the card's path; else its docstring's."""
-    if cls is None:
-        return None, None
-    module = sys.modules.get(cls.__module__)
-    source = getattr(module, "__file__", None)
-    if source and Path(source).name == "__init__.py":  # a plugin of its own folder: plugins/<family>/<pkg>/<method>/
-        readme = Path(source).with_name("README.md")
-        try:
-            text = readme.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            text = ""
-        paragraph = first_paragraph(text)
-        if paragraph:
-            return paragraph, str(readme)
-    return first_paragraph(cls.__doc__ or "") or None, None
-
-
-def first_paragraph(text: str) -> str:
-    """The first paragraph of prose, on one line: headings and blank lines before it skipped."""
-    lines: list[str] = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            if lines:
-                break
-            continue
-        if stripped.startswith(("|", "```")):  # a table or code: not the prose that says what it does
-            if lines:
-                break
-            continue
-        lines.append(stripped)
-    return " ".join(lines)
+            "hooks": entry.hooks, "params": info.to_json()["params"] if info is not None else [],
+            "slot": info.slot if info is not None else None, "error": entry.error}
 
 
 def param_lines(entry: Any) -> list[str]:
     """``--name.param  type = default  (range in words)  help``, one per parameter."""
-    params = entry.cls.params if entry.cls is not None else {}
+    params = entry.info.params if entry.info is not None else {}
     return [f"--{entry.name}.{key}  {p.type_name} = {p.default!r}  ({p.describe_range()})  {p.help}"
             for key, p in params.items()]
 
 
 def show_one(entry: Any, as_json: bool) -> None:
     row = describe(entry)
-    paragraph, path = card(entry.cls)
+    paragraph, path = (entry.info.card, entry.info.card_path) if entry.info is not None else (None, None)
     if as_json:
         click.echo(json.dumps({**row, "card": paragraph, "card_path": path}, indent=2, default=str))
         return
@@ -103,9 +62,9 @@ def _status(row: dict[str, Any]) -> str:
 
 def _complete_name(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
     from hpplug.completion import items
-    from hpplug.discovery import discover
+    from hpplug.plugin_cache import catalog
 
-    return items(discover(), incomplete, kinds=None)
+    return items(catalog(), incomplete, kinds=None)
 
 
 @click.command("plugins")
@@ -114,9 +73,10 @@ def _complete_name(ctx: click.Context, param: click.Parameter, incomplete: str) 
 def plugins_command(name: str | None, as_json: bool) -> None:
     """List plugins: status (active, disabled or the error), kind, distribution, hooks,
     parameters; with NAME, one plugin in full, with its method card's first paragraph."""
-    from hpplug.discovery import DISABLE_AUTOLOAD_ENV, discover, third_party_disabled
+    from hpplug.discovery import DISABLE_AUTOLOAD_ENV, third_party_disabled
+    from hpplug.plugin_cache import catalog as plugin_catalog
 
-    catalog = discover()
+    catalog = plugin_catalog()
     if name is not None:
         if name not in catalog:
             raise HpplugError(f"no plugin named {name!r}; {hint(name, catalog)}"

@@ -11,9 +11,10 @@ from __future__ import annotations
 import ast
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+if TYPE_CHECKING:  # imported where used: listing plugins and help need Param and Plugin, not torch
+    import torch
 
 _TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool"}
 
@@ -156,6 +157,8 @@ class Batch:
 
     def soft_targets(self) -> torch.Tensor:
         """``y`` as class probabilities ``[n, num_classes]`` (float), whichever form it is in."""
+        import torch
+
         if self.y.ndim == 2:
             return self.y
         return torch.nn.functional.one_hot(self.y.long(), self.num_classes).float()
