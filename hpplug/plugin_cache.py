@@ -11,7 +11,8 @@ files (path, size, mtime) of every package an entry point names, found with
 changes them), the folders on ``sys.path`` (an install or uninstall changes them) and the
 autoload switch. Otherwise every plugin is imported and checked as ``discover`` does, and
 the file is rewritten atomically. The file is untrusted input: anything that is not
-exactly what this module writes is ignored and rebuilt, never executed and never an error.
+exactly what this module writes (its entries' digest included) is ignored and rebuilt,
+never executed and never an error.
 A plugin whose metadata would not read back identical (a parameter of another type than
 int, float, str, bool or tuple, a default JSON cannot hold) is imported every time.
 Running a plugin always imports it: this is for showing, not for training.
@@ -233,6 +234,7 @@ def read(path: Path, key: str, by_name: dict[str, list[Any]]) -> dict[str, Any] 
         if not (isinstance(data, dict) and data.get("format") == FORMAT and data.get("key") == key):
             return None
         rows = data["entries"]
+        _require(data.get("check") == _digest([key, rows]))  # an edit or a torn copy, not only a stale key
         _require(isinstance(rows, list) and all(isinstance(row, dict) for row in rows))
         entries = {}
         for row in rows:
@@ -260,7 +262,8 @@ def write(path: Path, key: str, entries: dict[str, Any]) -> None:
     rows = [_row(entry) for entry in entries.values()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps({"format": FORMAT, "key": key, "entries": rows}, indent=1))
+        write_atomic(path, json.dumps({"format": FORMAT, "key": key, "check": _digest([key, rows]), "entries": rows},
+                                      indent=1))
     except (OSError, ValueError, TypeError):
         pass
 
