@@ -72,6 +72,14 @@ def test_digits_is_scikit_learns_split_the_same_way_every_time() -> None:
     assert splits.classes == [str(d) for d in range(10)]
 
 
+def test_loading_digits_reads_the_file_without_importing_scikit_learn() -> None:
+    """Importing scikit-learn takes about a second of every digits run (issue 13's fast start)."""
+    code = ("import sys; from pathlib import Path; from hpplug_datasets.digits import Digits; "
+            "s = Digits().load(Path('unused'), download=False); print(len(s.train), 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
+    assert out.stdout.split() == ["1437", "False"]
+
+
 @pytest.mark.parametrize(("name", "cls", "folder"), IDX)
 def test_idx_files_load_as_torchvision_reads_them(idx_root: Path, name: str, cls: type, folder: str) -> None:
     import torchvision
