@@ -190,3 +190,26 @@ def test_installing_or_editing_a_plugin_invalidates_the_cache(tmp_path: Path) ->
         path.unlink()
     (site / "hpplug_fresh-1.0.dist-info").rmdir()  # uninstalled
     assert row() is None
+
+
+@pytest.mark.slow
+def test_a_one_epoch_digits_run_process_ends_at_once_with_everything_saved(tmp_path: Path) -> None:
+    """The process ends without tearing its modules down (hpplug.cli.exit_now): what W&B and the
+    record hold must be complete, and the exit status the run's. scikit-learn is never imported."""
+    from hpplug.wandb_file import find_run_files, read_run
+
+    env = {**os.environ, "WANDB_SILENT": "true", plugin_cache.CACHE_ENV: str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "hpplug", "run", "--epochs", "1",
+                           "--wandb-mode", "offline", "--output-dir", str(tmp_path / "runs")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time")}
+    assert "torch" in imported and "sklearn" not in imported
+    assert "W&B run saved offline; upload it with: wandb sync" in done.stdout.splitlines()[-1]
+    (record,) = [p for p in (tmp_path / "runs").iterdir() if p.name != "wandb"]
+    summary = json.loads((record / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs_done"] == 1
+    (run_file,) = find_run_files(tmp_path / "runs" / "wandb")
+    run = read_run(run_file)
+    assert run.exit_code == 0 and run.history[-1]["test/accuracy"] == summary["test/accuracy"]
+    assert run.summary["test/accuracy"] == {"max": summary["test/accuracy"]}  # its best value
