@@ -5,12 +5,15 @@ closed whatever happens (:func:`run`).
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import math
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 import pluggy
@@ -126,6 +129,33 @@ def build_model(plugin: Model, data: feed.RunData) -> torch.nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def imported_meanwhile(module: str | None) -> Iterator[None]:
+    """Import ``module`` in a thread while the block runs, and wait for it at the end.
+
+    Used around W&B's start, which mostly waits for its service process (~0.4 s): the
+    thread imports ``torch._dynamo`` meanwhile, which every optimizer step imports
+    (``torch.optim``'s ``_use_grad_for_differentiable``; ~1 s). The two import disjoint
+    sets of modules, so they never wait on each other's import locks. A failure is left
+    to the import that needs the module, where it is raised as without this."""
+    if module is None or module in sys.modules:
+        yield
+        return
+
+    def load() -> None:
+        try:
+            importlib.import_module(module)
+        except BaseException:  # noqa: BLE001 - the real import raises it again where it is needed
+            pass
+
+    thread = threading.Thread(target=load, name=f"import {module}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+
+
 @dataclass
 class RunResult:
     run_id: str
@@ -214,7 +244,8 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
     tracker = Tracker(accelerator, mode, run_id, config.output_dir)
     status, final, loop, signum = "failed", {}, None, None
     try:  # from here on, a run whose record was opened ends with its summary and closing lines
-        tracker.start(config.project, wandb_config(config, entries), resuming=resume_dir is not None)
+        with imported_meanwhile("torch._dynamo" if mode != "disabled" else None):
+            tracker.start(config.project, wandb_config(config, entries), resuming=resume_dir is not None)
         if apply_overrides is not None and resume_dir is None:
             overrides = _broadcast(accelerator, tracker.wandb_config())
             config, entries = apply_overrides(config, overrides)

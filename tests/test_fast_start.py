@@ -213,3 +213,21 @@ def test_a_one_epoch_digits_run_process_ends_at_once_with_everything_saved(tmp_p
     run = read_run(run_file)
     assert run.exit_code == 0 and run.history[-1]["test/accuracy"] == summary["test/accuracy"]
     assert run.summary["test/accuracy"] == {"max": summary["test/accuracy"]}  # its best value
+
+
+def test_a_module_imported_meanwhile_is_there_after_the_block_and_a_failure_waits(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """engine.imported_meanwhile: torch._dynamo is imported while W&B's service starts."""
+    from hpplug.engine import imported_meanwhile
+
+    (tmp_path / "slow_to_import.py").write_text("import time\ntime.sleep(0.2)\nVALUE = 42\n")
+    (tmp_path / "broken_on_import.py").write_text("raise RuntimeError('broken')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with imported_meanwhile("slow_to_import"):
+        pass
+    assert sys.modules["slow_to_import"].VALUE == 42
+    with imported_meanwhile("broken_on_import"):  # the failure is the real import's to raise
+        pass
+    with pytest.raises(RuntimeError, match="broken"):
+        import broken_on_import  # noqa: F401
+    monkeypatch.delitem(sys.modules, "slow_to_import")
