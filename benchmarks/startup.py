@@ -5,7 +5,9 @@ python benchmarks/startup.py [--repeats 5] [--only NAME ...] [--cold]
 ```
 
 Prints, per command, the median wall time of ``--repeats`` fresh processes (``python -m
-hpplug ...``, the way the ``hpplug`` script starts). One untimed process runs first, so the
+hpplug ...``, the way the ``hpplug`` script starts), and their median CPU time (user + system,
+of the process and the children it waited for): on a busy machine the CPU time still says
+what the command costs, the wall time does not. One untimed process runs first, so the
 plugin metadata cache is warm and the files are in the page cache; ``--cold`` removes the
 cache before every timed process instead. The one-epoch ``digits`` run trains the default
 MLP with W&B offline into a temporary folder. Timings are only comparable on an idle machine.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,15 +43,18 @@ def commands(scratch: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
     }
 
 
-def once(args: list[str], env: dict[str, str], cache: Path, cold: bool) -> float:
+def once(args: list[str], env: dict[str, str], cache: Path, cold: bool) -> tuple[float, float]:
+    """Wall and CPU seconds of one ``python -m hpplug ARGS`` process."""
     if cold:
         shutil.rmtree(cache, ignore_errors=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "hpplug", *args], env=env, capture_output=True, text=True)
     took = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         sys.exit(f"hpplug {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
-    return took
+    return took, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -70,9 +76,9 @@ def main() -> None:
                 continue
             env = {**base, **extra}
             once(argv, env, cache, cold=False)  # warms the page cache (and the plugin cache)
-            times = [once(argv, env, cache, args.cold) for _ in range(args.repeats)]
-            print(f"{name:32s} {statistics.median(times):6.3f} s  (min {min(times):.3f}, max {max(times):.3f})",
-                  flush=True)
+            walls, cpus = zip(*[once(argv, env, cache, args.cold) for _ in range(args.repeats)])
+            print(f"{name:28s} wall {statistics.median(walls):6.3f} s (min {min(walls):.3f}, max {max(walls):.3f})"
+                  f"  cpu {statistics.median(cpus):6.3f} s", flush=True)
 
 
 if __name__ == "__main__":
