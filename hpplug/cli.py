@@ -375,36 +375,11 @@ def _unexpected(exc: Exception) -> str:
     return f"unexpected {one_line(exc)}; rerun with `hpplug --debug ...` for the traceback"
 
 
-def exit_now(code: int) -> None:
-    """End the process without tearing the interpreter down: with torch loaded, freeing every
-    module takes ~0.5-1 s of a run's process and does nothing a finished process needs. What
-    must happen at exit still does: the atexit handlers (W&B's teardown, logging's flush) and
-    the standard streams flushed. Returns, for an ordinary exit, while another thread that is
-    not a daemon or a child process is alive (it would be cut short) or torch is not loaded."""
-    import threading
-
-    multiprocessing = sys.modules.get("multiprocessing")
-    if "torch" not in sys.modules or any(t.is_alive() and not t.daemon for t in threading.enumerate()
-                                         if t is not threading.main_thread()) \
-            or (multiprocessing is not None and multiprocessing.active_children()):
-        return
-    import atexit
-
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said
-            pass
-    os._exit(code)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line and exit code 2 for bad input, one line and exit code 1 for a failing
     plugin or anything unexpected; the traceback only with --debug or HPPLUG_DEBUG=1. Called
     without ``argv`` it is the process (``hpplug``, ``python -m hpplug``): a command that ends
-    well ends it at once (:func:`exit_now`)."""
+    well ends it at once (:func:`hpplug.exiting.exit_now`)."""
     warnings.filterwarnings("ignore", message=".*Valid config keys have changed in V2.*")
     token = _debug.set(os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no"))
     try:
@@ -427,5 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         _debug.reset(token)
     code = code if isinstance(code, int) else 0
     if argv is None:
+        from hpplug.exiting import exit_now
+
         exit_now(code)
     sys.exit(code)

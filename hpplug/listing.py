@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from hpplug.errors import HpplugError
+from hpplug.plugin_cache import param_json
 from hpplug.suggest import hint
 
 
@@ -22,7 +23,7 @@ def describe(entry: Any) -> dict[str, Any]:
     info = entry.info
     return {"name": entry.name, "status": entry.status, "kind": entry.kind_name,
             "distribution": entry.distribution, "version": entry.version, "builtin": entry.builtin,
-            "hooks": entry.hooks, "params": info.to_json()["params"] if info is not None else [],
+            "hooks": entry.hooks, "params": [param_json(k, p) for k, p in info.params.items()] if info else [],
             "slot": info.slot if info is not None else None, "error": entry.error}
 
 

@@ -7,6 +7,7 @@ the process that answers.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -95,7 +96,7 @@ def test_an_unwritable_cache_folder_only_costs_time(hpplug_cli, tmp_path: Path, 
 # --- whole processes ------------------------------------------------------------------------
 
 PROBE = """
-import contextlib, io, os, sys
+import sys
 from hpplug.cli import main
 try:
     main(sys.argv[1:])
@@ -194,7 +195,7 @@ def test_installing_or_editing_a_plugin_invalidates_the_cache(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_a_one_epoch_digits_run_process_ends_at_once_with_everything_saved(tmp_path: Path) -> None:
-    """The process ends without tearing its modules down (hpplug.cli.exit_now): what W&B and the
+    """The process ends without tearing its modules down (hpplug.exiting.exit_now): what W&B and the
     record hold must be complete, and the exit status the run's. scikit-learn is never imported."""
     from hpplug.wandb_file import find_run_files, read_run
 
@@ -229,5 +230,5 @@ def test_a_module_imported_meanwhile_is_there_after_the_block_and_a_failure_wait
     with imported_meanwhile("broken_on_import"):  # the failure is the real import's to raise
         pass
     with pytest.raises(RuntimeError, match="broken"):
-        import broken_on_import  # noqa: F401
+        importlib.import_module("broken_on_import")
     monkeypatch.delitem(sys.modules, "slow_to_import")
