@@ -314,6 +314,10 @@ def test_a_pack_trains_each_member_as_it_trains_alone(tmp_path, monkeypatch):
         assert run.config == other.config
         assert [sorted(row) for row in run.history] == [sorted(row) for row in other.history]
         assert [row["_step"] for row in run.history] == [row["_step"] for row in other.history]
+    # W&B's installed-packages list is read once per pack: each member's file is as alone.
+    files = {(root, d.name.rsplit("-", 1)[1]): (d / "files" / "requirements.txt").read_text()
+             for root in ("pack", "alone") for d in (tmp_path / root / "wandb").glob("offline-run-*")}
+    assert len(files) == 6 and len(set(files.values())) == 1 and "torch==" in next(iter(files.values()))
 
 
 def test_one_member_stops_early_and_the_others_go_on(tmp_path, plugins, monkeypatch):

@@ -26,7 +26,7 @@ from hpplug import checkpoint, engine, notices
 from hpplug.engine import RunResult
 from hpplug.errors import HpplugError
 from hpplug.loop import Stopped
-from hpplug.pack.member import Member
+from hpplug.pack.member import Member, one_working_set
 from hpplug.pack.packed import Pack
 from hpplug.pack.support import SHARED, MemberSpec, why_not_packable
 from hpplug.pack.train import fit
@@ -66,11 +66,12 @@ def _train(specs: list[MemberSpec], show_progress: bool, download: bool) -> list
         raise HpplugError("a pack trains in one process: run `hpplug sweep --pack` without accelerate launch or "
                           "torchrun")
     members = [Member(spec, accelerator.device) for spec in specs]
-    for m in members:
-        try:
-            m.open()
-        except Exception as exc:  # noqa: BLE001 - refused before its record was opened: nothing written
-            m.finish("failed", exc)
+    with one_working_set():
+        for m in members:
+            try:
+                m.open()
+            except Exception as exc:  # noqa: BLE001 - refused before its record was opened: nothing written
+                m.finish("failed", exc)
     pack: Pack | None = None
     alive = [m for m in members if m.result is None]
     try:
