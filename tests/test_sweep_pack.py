@@ -149,8 +149,11 @@ def test_a_trial_with_a_plugin_that_does_not_pack_runs_alone_beside_a_pack(tmp_p
             assert any(line.startswith(f"trial {t['number']} {t['id']}: runs alone (plugin sam") for line in lines)
 
 
-def test_trials_pack_by_what_they_share_and_the_rest_say_why_they_run_alone(tmp_path: Path) -> None:
-    """The grouping reads each trial's options as hpplug run does (in this process: fast)."""
+def test_trials_pack_by_what_they_share_and_the_rest_say_why_they_run_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grouping reads each trial's options as hpplug run does (in this process: fast), in
+    the environment a pack process has: the runner's own WANDB_RUN_ID is not a member's."""
+    monkeypatch.setenv("WANDB_RUN_ID", "")  # `hpplug run` alone would refuse it
     from hpplug.manager import discover
     from hpplug.sweep.packing import groups
     from hpplug.sweep.spec import load
@@ -210,3 +213,45 @@ def _text(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+@pytest.mark.slow
+def test_a_resumed_trial_and_a_new_one_do_not_share_a_pack(tmp_path: Path) -> None:
+    """Members step in lockstep: a trial resumed from its checkpoint (a real run interrupted
+    by Ctrl-C) and a new trial go to separate processes, each saying why."""
+    from hpplug.manager import discover
+    from hpplug.sweep.packing import groups
+    from hpplug.sweep.spec import load
+    from hpplug.sweep.state import Trial
+    from hpplug.sweep.trials import command
+
+    values = {"epochs": 200, "wandb_mode": "disabled"}
+    spec, _ = load(write_yaml(tmp_path / "p.yaml", {k: {"value": v} for k, v in values.items()}))
+    runs = tmp_path / "runs"
+    run = subprocess.Popen(command(spec, runs, values), env={**os.environ, "WANDB_RUN_ID": "t1"},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "val/accuracy" not in _text(runs / "t1" / "metrics.jsonl"):
+        time.sleep(0.1)
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=120) == 130 and checkpoint.has_checkpoint(runs / "t1")
+    trials = [Trial(number=n, id=f"t{n}", config={k: {"value": v} for k, v in values.items()}, values=values,
+                    record=str(runs / f"t{n}")) for n in (1, 2, 3)]
+    found = groups(trials, 3, discover(), lambda t: command(spec, runs, t.values), "grp")
+    assert [[t.id for t in group] for group, _ in found] == [["t1"], ["t2", "t3"]]
+    assert "start from different updates" in found[0][1]
+
+
+@pytest.mark.slow
+def test_trials_waiting_for_a_process_do_not_start_once_the_target_is_reached(tmp_path: Path) -> None:
+    """Four suggestions make two packs (batch sizes differ); one process at a time: the first
+    pack reaches metric.target, so the second, never started, is dropped as never suggested."""
+    path = write_yaml(tmp_path / "t.yaml", {"epochs": {"value": 1}, "wandb_mode": {"value": "disabled"},
+                                            "batch_size": {"values": [32, 64]}, "lr": {"values": [0.1, 0.2]}},
+                      metric={"name": "val/accuracy", "goal": "maximize", "target": 0.01})
+    out, trials = sweep(path, "sw", "--pack", "4")
+    assert len(trials) == 2 and [t["status"] for t in trials] == ["finished"] * 2, out
+    assert len({t["values"]["batch_size"] for t in trials}) == 1 and {t["pack"] for t in trials} == {1}
+    assert any("metric.target 0.01 reached" in line for line in out)
+    assert sorted(p.name for p in (tmp_path / "sw" / "runs").iterdir() if p.name != "wandb") == \
+        sorted(t["id"] for t in trials)

@@ -8,7 +8,9 @@ SIGUSR1 stops them all. A member whose plugin fails ends ``failed`` alone; a fai
 what they share ends all of them ``failed``, each run's summary naming the error.
 
 Members resumed from checkpoints saved at different updates (a kill between two members'
-saves) cannot step in lockstep: each set at one update trains as a pack of its own, in turn.
+saves) cannot step in lockstep: each set at one update trains as a pack of its own, in turn;
+after a signal ends one set, the later ones are left untouched and reported interrupted.
+(``hpplug sweep --pack`` groups only trials that start at one update.)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from hpplug.errors import HpplugError
 from hpplug.loop import Stopped
 from hpplug.pack.member import Member, one_working_set
 from hpplug.pack.packed import Pack
-from hpplug.pack.support import SHARED, MemberSpec, why_not_packable
+from hpplug.pack.support import SHARED, MemberSpec, start_update, why_not_packable
 from hpplug.pack.train import fit
 
 
@@ -41,23 +43,20 @@ def run_pack(members: Sequence[MemberSpec], *, show_progress: bool = False, down
         raise HpplugError(f"these trials cannot train as one pack: {problem}")
     notices.new_run()  # a plugin's warning is said once per pack
     results: list[RunResult | None] = [None] * len(members)
-    order = sorted(range(len(members)), key=lambda i: _start(members[i]))
-    for _, same in groupby(order, key=lambda i: _start(members[i])):
+    order = sorted(range(len(members)), key=lambda i: start_update(members[i]))
+    signum: int | None = None
+    for _, same in groupby(order, key=lambda i: start_update(members[i])):
         indices = list(same)
+        if signum is not None:  # a signal ended the set before: the rest wait, untouched
+            for i in indices:
+                config, _, run_id, resume = members[i]
+                results[i] = RunResult(run_id, "interrupted", {}, str(resume or Path(config.output_dir) / run_id),
+                                       None, signum)
+            continue
         for i, result in zip(indices, _train([members[i] for i in indices], show_progress, download)):
             results[i] = result
+            signum = signum or result.signum
     return results  # type: ignore[return-value]
-
-
-def _start(spec: MemberSpec) -> int:
-    """The update a member starts from: its checkpoint's (-1 when it cannot be read: its own
-    set-up then fails with the reason)."""
-    if spec[3] is None:
-        return 0
-    try:
-        return int(checkpoint.latest(Path(spec[3])).manifest.get("update", -1))
-    except HpplugError:
-        return -1
 
 
 def _train(specs: list[MemberSpec], show_progress: bool, download: bool) -> list[RunResult]:

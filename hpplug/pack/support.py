@@ -39,6 +39,21 @@ else:
 SHARED = ("model", "dataset", "data_root", "val_fraction", "loader", "workers", "batch_size", "grad_accum",
           "epochs", "optimizer", "eval_batch_size", "mixed_precision")
 
+def start_update(spec: MemberSpec) -> int:
+    """The update a member starts from: its checkpoint's, 0 for a new run (-1 when the
+    checkpoint cannot be read: its own set-up then fails with the reason). Members step in
+    lockstep, so only those starting at one update train together."""
+    if spec[3] is None:
+        return 0
+    from hpplug import checkpoint
+    from hpplug.errors import HpplugError
+
+    try:
+        return int(checkpoint.latest(Path(spec[3])).manifest.get("update", -1))
+    except HpplugError:
+        return -1
+
+
 def packable(cls: type) -> bool:
     """Whether a plugin class supports packing: it declares it (``Plugin.packable``), or it
     is a data set without hooks (it is only loaded, once per pack). The built-in plugins

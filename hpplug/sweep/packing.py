@@ -10,14 +10,18 @@ the pack process (``worker``) rebuilds its members with it from the YAML and ``s
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from hpplug.errors import HpplugError
 from hpplug.sweep.state import Trial
+from hpplug.sweep.trials import PACK_UNSET
 
 DEFAULT_PACK = 8  # --pack alone
+ALONE = "no other trial to pack with"
 
 
 def run_args(argv: list[str]) -> list[str] | None:
@@ -45,7 +49,7 @@ def member(catalog: dict[str, Any], args: list[str], trial: Trial, group: str) -
         ctx = run_command(catalog).make_context("run", list(args))
     except click.ClickException as exc:
         raise HpplugError(exc.format_message()) from None
-    with ctx:
+    with ctx, _pack_environment():
         params = dict(ctx.params)
         given = params.pop("resume")
         if given is not None:
@@ -58,36 +62,55 @@ def member(catalog: dict[str, Any], args: list[str], trial: Trial, group: str) -
     return (config, entries, trial.id, resume_dir)
 
 
+@contextlib.contextmanager
+def _pack_environment() -> Iterator[None]:
+    """The runner's environment as a pack process has it (``trials.environment``): no outer
+    ``WANDB_RUN_ID`` or ``WANDB_RUN_GROUP``, whose members' ids and group are their own."""
+    saved = {key: os.environ.pop(key) for key in PACK_UNSET if key in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def groups(trials: list[Trial], size: int, catalog: dict[str, Any], command_of: Callable[[Trial], list[str]],
            group: str) -> list[tuple[list[Trial], str]]:
     """``trials`` in packs of at most ``size``, first come first; each group with why its
     trial runs alone when it is a single one ('' for a pack). ``command_of`` is a trial's
     argv, ``group`` the sweep's W&B group."""
-    from hpplug.pack import why_not_packable
+    from hpplug.pack import start_update, why_not_packable
 
     def member_of(trial: Trial) -> Any:
         args = run_args(command_of(trial))
         return None if args is None else member(catalog, args, trial, group)
 
-    found: list[tuple[list[Trial], list[Any], str]] = []
+    found: list[list[Any]] = []  # [trials, their member specs, why the first would run alone]
     for trial in trials:
         try:
             spec = member_of(trial)
         except HpplugError as exc:  # it runs alone, and fails there with this reason in its log
-            found.append(([trial], [], str(exc)))
+            found.append([[trial], [], str(exc)])
             continue
         if spec is None:
-            found.append(([trial], [], "its command is not hpplug run"))
+            found.append([[trial], [], "its command is not hpplug run"])
             continue
-        why = "no other trial to pack with"
-        for pack, specs, _ in found:
+        why = ALONE
+        for entry in found:
+            pack, specs = entry[0], entry[1]
             if specs and len(pack) < size:
-                why = why_not_packable([*specs, spec]) or ""
+                # Members step in lockstep: a trial resumed at update 300 and a new one do not
+                # share a process (run_pack would train them in turns, one signal for both).
+                starts = {start_update(s) for s in (specs[0], spec)}
+                why = why_not_packable([*specs, spec]) or (
+                    f"the trials start from different updates ({', '.join(map(str, sorted(starts)))})"
+                    if len(starts) > 1 else "")
                 if not why:
                     pack.append(trial)
                     specs.append(spec)
                     break
+                if entry[2] == ALONE:  # the reason this one alone met: the same for the other
+                    entry[2] = why
         else:
             problem = why_not_packable([spec])
-            found.append(([trial], [] if problem else [spec], problem or why))
+            found.append([[trial], [] if problem else [spec], problem or why])
     return [(pack, "" if len(pack) > 1 else why) for pack, _, why in found]

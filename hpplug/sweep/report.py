@@ -91,9 +91,13 @@ def started_lines(spec: SweepSpec, trial: Trial, note: str = "") -> list[str]:
     return fit(f"trial {trial.number} {trial.id} {started}", settings(spec, trial.values), wrap=True)
 
 
-def log_tail(log: Path, lines: int = 4) -> list[str]:
-    """The end of a failed trial's log, and where the whole log is."""
-    tail = log.read_text(errors="replace").strip().splitlines()[-lines:] if log.exists() else []
+def log_tail(log: Path, lines: int = 4, error: Any = None) -> list[str]:
+    """The end of a failed trial's log, and where the whole log is. A packed trial shares its
+    log with the other members: its own ``error`` (from its summary) is shown instead."""
+    if error is not None:
+        tail = [f"error: {str(error)[:300]}"]  # read from its record: untrusted, kept short
+    else:
+        tail = log.read_text(errors="replace").strip().splitlines()[-lines:] if log.exists() else []
     return [*(f"    | {line}" for line in tail), f"    full log: {log}"]
 
 

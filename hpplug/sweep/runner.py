@@ -53,6 +53,7 @@ class Runner:
     queue: list[Trial] = field(default_factory=list)
     started_new: int = 0
     failed_in_a_row: int = 0
+    target_reached: bool = False
     _seen_rows: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -119,9 +120,17 @@ class Runner:
         return trial
 
     def next_trial(self) -> Trial | None:
-        if self.queue:
-            return self.queue.pop(0)
+        while self.queue:
+            trial = self.queue.pop(0)
+            if trial.attempts or not self.halted():
+                return trial
+            self.trials.remove(trial)  # suggested for a pack that had no free process: never was
         return self.new_trial() if self.may_start() else None
+
+    def halted(self) -> bool:
+        """Whether results stop new trials: metric.target reached, or trials failing in a row
+        (not run_cap or a grid's end: a trial already suggested within them still starts)."""
+        return self.failed_in_a_row >= MAX_FAILED_IN_A_ROW or self.target_reached
 
     def finish(self, trial: Trial, exit_code: int | None, interrupted: bool = False) -> None:
         """Record how a trial ended, print its line, and check metric.target."""
@@ -133,13 +142,15 @@ class Runner:
         done = sum(t.status in ("finished", "stopped", "failed") for t in self.trials)
         self.echo(report.ended_line(self.spec, trial, summary, done, wandb_engine.total(self.spec)))
         if status == "failed":
-            self.echo("\n".join(report.log_tail(self.procs.log_file(trial))))
+            error = summary.get("error") if trial.pack else None
+            self.echo("\n".join(report.log_tail(self.procs.log_file(trial), error=error)))
         self.failed_in_a_row = self.failed_in_a_row + 1 if status == "failed" else 0
         if self.failed_in_a_row == MAX_FAILED_IN_A_ROW:
             self.echo(f"{MAX_FAILED_IN_A_ROW} trials failed in a row: no new trials start (see their logs)")
         if status in ("finished", "stopped") and self.spec.reaches_target(trial.metric) and not self.state.done:
             self.state.done = (f"metric.target {self.spec.raw['metric']['target']} reached by trial "
                                f"{trial.number} ({trial.id})")
+            self.target_reached = True
             self.echo(self.state.done + "; running trials finish, no new ones start")
         self.save()
 

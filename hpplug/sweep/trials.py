@@ -227,6 +227,9 @@ def command(spec: Any, runs_dir: Path, values: dict[str, Any]) -> list[str]:
     return expand_command(spec.raw["command"], values, extra, spec.raw.get("program"))
 
 
+PACK_UNSET = ("WANDB_RUN_ID", "WANDB_RUN_GROUP")  # a pack process names each member's own
+
+
 def environment(wandb_mode: str | None, processes: int, run_id: str | None, group: str | None) -> dict[str, str]:
     """A trial process's environment: its W&B run id and group (as ``wandb agent`` sets
     them; a pack process names each member's itself), never an outer agent's sweep id,
@@ -234,7 +237,7 @@ def environment(wandb_mode: str | None, processes: int, run_id: str | None, grou
     from hpplug.tracking import resolve_mode
 
     env = dict(os.environ)
-    for key in ("WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_SERVICE", "WANDB_RUN_ID", "WANDB_RUN_GROUP"):
+    for key in ("WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_SERVICE", *PACK_UNSET):
         env.pop(key, None)
     env.update({"WANDB_MODE": resolve_mode(wandb_mode), "PYTHONUNBUFFERED": "1",
                 "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])})
