@@ -169,9 +169,7 @@ def _resume_dir(resume: str | None, output_dir: str):
         if run_id is None:
             return None
         path = Path(output_dir) / run_id
-        state = record.classify(path)
-        if state != "resumable":
-            record.check_new(path, state)
+        if not record.resumable(path):
             return None  # nothing there yet, or an attempt without a checkpoint: it is kept aside
     summary = path / record.SUMMARY
     if summary.is_file() and not summary.read_bytes().strip():

@@ -199,6 +199,16 @@ def classify(record_dir: Path) -> str | None:
     return "resumable"
 
 
+def resumable(path: Path) -> bool:
+    """Whether the record at ``path`` (a run id's folder) resumes from its checkpoint; a
+    finished, foreign or locked one is refused (``check_new``), an empty or absent one is
+    new. How ``hpplug run`` and a sweep's pack read a run id they are given."""
+    state = classify(path)
+    if state != "resumable":
+        check_new(path, state)
+    return state == "resumable"
+
+
 def check_new(record_dir: Path, state: str | None) -> None:
     """Refuse to start a new run where a finished or resumable one already is."""
     if state == "finished":

@@ -41,10 +41,8 @@ def member(catalog: dict[str, Any], args: list[str], trial: Trial, group: str) -
     from hpplug import record
     from hpplug.cli import run_command, run_setup
 
-    state = record.classify(trial.record_dir)  # as hpplug run does for WANDB_RUN_ID
-    if state != "resumable":
-        record.check_new(trial.record_dir, state)  # a finished run is refused, never run again
-    resume = str(trial.record_dir) if state == "resumable" else None
+    # As hpplug run reads WANDB_RUN_ID's record: a finished run is refused, never run again.
+    resume = str(trial.record_dir) if record.resumable(trial.record_dir) else None
     try:
         ctx = run_command(catalog).make_context("run", list(args))
     except click.ClickException as exc:
@@ -73,6 +71,13 @@ def _pack_environment() -> Iterator[None]:
         os.environ.update(saved)
 
 
+def member_of(catalog: dict[str, Any], argv: list[str], trial: Trial, group: str) -> Any:
+    """The trial whose command is ``argv`` as a pack member (:func:`member`); None when
+    the command is not hpplug's own ``run``."""
+    args = run_args(argv)
+    return None if args is None else member(catalog, args, trial, group)
+
+
 def groups(trials: list[Trial], size: int, catalog: dict[str, Any], command_of: Callable[[Trial], list[str]],
            group: str) -> list[tuple[list[Trial], str]]:
     """``trials`` in packs of at most ``size``, first come first; each group with why its
@@ -80,14 +85,10 @@ def groups(trials: list[Trial], size: int, catalog: dict[str, Any], command_of: 
     argv, ``group`` the sweep's W&B group."""
     from hpplug.pack import start_update, why_not_packable
 
-    def member_of(trial: Trial) -> Any:
-        args = run_args(command_of(trial))
-        return None if args is None else member(catalog, args, trial, group)
-
     found: list[list[Any]] = []  # [trials, their member specs, why the first would run alone]
     for trial in trials:
         try:
-            spec = member_of(trial)
+            spec = member_of(catalog, command_of(trial), trial, group)
         except HpplugError as exc:  # it runs alone, and fails there with this reason in its log
             found.append([[trial], [], str(exc)])
             continue

@@ -39,10 +39,11 @@ def main(argv: list[str]) -> int:
         trial = by_id.get(trial_id)
         if trial is None:
             raise HpplugError(f"{sweep_dir / 'sweep.json'} has no trial {trial_id}")
-        args = packing.run_args(command(spec, sweep_dir / "runs", trial.values))
-        if args is None:
+        member = packing.member_of(catalog, command(spec, sweep_dir / "runs", trial.values), trial,
+                                   sweep.sweep_id)  # type: ignore[union-attr]
+        if member is None:
             raise HpplugError(f"trial {trial.number} {trial_id}: its command is not hpplug run; it cannot be packed")
-        members.append(packing.member(catalog, args, trial, sweep.sweep_id))  # type: ignore[union-attr]
+        members.append(member)
     results = run_pack(members, show_progress=False)
     signums = [r.signum or 2 for r in results if r.status == "interrupted"]
     return 128 + signums[0] if signums else 0
