@@ -255,3 +255,29 @@ def test_trials_waiting_for_a_process_do_not_start_once_the_target_is_reached(tm
     assert any("metric.target 0.01 reached" in line for line in out)
     assert sorted(p.name for p in (tmp_path / "sw" / "runs").iterdir() if p.name != "wandb") == \
         sorted(t["id"] for t in trials)
+
+
+@pytest.mark.slow
+def test_a_rerun_adopts_a_live_pack_as_one_process_and_waits_for_it(tmp_path: Path) -> None:
+    """The runner is SIGKILLed while its pack trains; the pack lives on. The next runner
+    adopts the pack's members (--parallel 1: the second pack starts after they ended) and
+    ends when every trial has: each trial ran once, no trial was started again."""
+    path = write_yaml(tmp_path / "a.yaml", {"epochs": {"value": 40}, "wandb_mode": {"value": "disabled"},
+                                            "lr": {"values": [0.05, 0.1, 0.2, 0.3]}})
+    runner = subprocess.Popen([sys.executable, "-m", "hpplug", "sweep", str(path), "--dir", "sw", "--pack", "2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(
+            "val/accuracy" in _text(tmp_path / "sw" / "runs" / t / "metrics.jsonl") for t in _ids(tmp_path / "sw", 2)):
+        time.sleep(0.05)
+    os.kill(runner.pid, signal.SIGKILL)  # the runner only: its pack process goes on
+    runner.wait()
+    lines, trials = sweep(path, "sw", "--pack", "2")
+    text = "\n".join(lines)
+    assert [t["status"] for t in trials] == ["finished"] * 4 and [t["attempts"] for t in trials] == [1] * 4, text
+    assert text.count("still running") == 2 and [t["pack"] for t in trials] == [1, 1, 2, 2], text
+    adopted = [json.loads(line)["time"] for t in trials[:2]
+               for line in (Path(t["record"]) / "metrics.jsonl").read_text().splitlines()]
+    started = min(json.loads(line)["time"] for t in trials[2:]
+                  for line in (Path(t["record"]) / "metrics.jsonl").read_text().splitlines())
+    assert started > max(adopted)  # pack 2 started after pack 1 had ended, not beside it

@@ -59,7 +59,7 @@ class Launcher:
         live = {h.pid or id(h) for h in self.handles.values()}
         for number, proc in list(self.packs.items()):
             if proc.poll() is None:
-                live.add(proc.pid)
+                live.add(proc.pid or id(proc))
             else:
                 del self.packs[number]
         return len(live)
@@ -176,6 +176,8 @@ class Launcher:
         live = adopt(self.lock_file(trial), trial.pid, trial.pid_started)
         if live is None:
             return False
+        if trial.pack is not None:  # one process for its members (it holds all their locks)
+            live = self.packs.setdefault(trial.pack, live)
         self.handles[trial.id] = live
         if live.pid != trial.pid:
             trial.pid, trial.pid_started = live.pid, live.proc.create_time() if live.proc else None
