@@ -79,7 +79,7 @@ def test_a_packed_grid_gives_each_trial_its_run_and_the_unpacked_result(tmp_path
 
 @pytest.mark.slow
 def test_hyperband_stops_one_member_of_a_pack_and_the_others_finish(tmp_path: Path) -> None:
-    path = write_yaml(tmp_path / "hb.yaml", {"epochs": {"value": 20}, "batch_size": {"value": 32},
+    path = write_yaml(tmp_path / "hb.yaml", {"epochs": {"value": 40}, "batch_size": {"value": 32},
                                              "wandb_mode": {"value": "disabled"},
                                              "lr": {"values": [0.1, 0.2, 0.0001]}},
                       early_terminate={"type": "hyperband", "max_iter": 10, "s": 1, "eta": 2})
@@ -87,8 +87,8 @@ def test_hyperband_stops_one_member_of_a_pack_and_the_others_finish(tmp_path: Pa
     assert [t["status"] for t in trials] == ["finished", "finished", "stopped"], "\n".join(lines)
     assert {t["pack"] for t in trials} == {1}
     good, bad = summary(trials[0]), summary(trials[2])
-    assert good["status"] == "finished" and good["epochs_done"] == 20
-    assert bad["status"] == "stopped" and "stop-request" in bad["stop_reason"] and bad["epochs_done"] < 20
+    assert good["status"] == "finished" and good["epochs_done"] == 40
+    assert bad["status"] == "stopped" and "stop-request" in bad["stop_reason"] and bad["epochs_done"] < 40
     assert sum("stopping early (hyperband)" in line for line in lines) == 1
     assert not (Path(trials[2]["record"]) / "stop-request").exists()
 
@@ -97,7 +97,7 @@ def test_hyperband_stops_one_member_of_a_pack_and_the_others_finish(tmp_path: Pa
 def test_a_killed_runner_and_pack_lose_no_finished_trial_and_resume_the_rest(tmp_path: Path) -> None:
     """Pack 1 finishes; pack 2 is SIGKILLed with its runner mid-training; the rerun leaves
     pack 1 alone and resumes pack 2's trials from their checkpoints, each once more."""
-    path = write_yaml(tmp_path / "k.yaml", {"epochs": {"value": 6}, "checkpoint_every": {"value": "10"},
+    path = write_yaml(tmp_path / "k.yaml", {"epochs": {"value": 30}, "checkpoint_every": {"value": "10"},
                                             "wandb_mode": {"value": "disabled"},
                                             "lr": {"values": [0.05, 0.1, 0.2, 0.3]}})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -129,10 +129,15 @@ def test_a_killed_runner_and_pack_lose_no_finished_trial_and_resume_the_rest(tmp
     for t in after[:2]:  # untouched
         assert t["attempts"] == 1 and (Path(t["record"]) / "summary.json").read_bytes() == kept[t["id"]]
         assert t["id"] not in text.split("#  trial")[0]
-    for t in after[2:]:  # resumed once, together, from their checkpoints: the same run, not a new one
-        assert t["attempts"] == 2 and t["pack"] == 3
-        assert f"trial {t['number']} {t['id']}: resuming from its checkpoint (attempt 2), in pack 3 (2 trials)" in text
-        assert not (Path(t["record"]) / "attempts").exists() and summary(t)["epochs_done"] == 6
+    # Resumed once from their checkpoints (the same run, not a new one): together when both
+    # saved the same update, else each alone (the kill can land between the two saves).
+    together = all(t["pack"] == 3 for t in after[2:])
+    assert together or ("start from different updates" in text and all(t["pack"] is None for t in after[2:])), text
+    for t in after[2:]:
+        assert t["attempts"] == 2
+        assert f"trial {t['number']} {t['id']}: resuming from its checkpoint (attempt 2)" + \
+            (", in pack 3 (2 trials)" if together else "") in text
+        assert not (Path(t["record"]) / "attempts").exists() and summary(t)["epochs_done"] == 30
 
 
 @pytest.mark.slow
