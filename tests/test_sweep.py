@@ -166,8 +166,11 @@ def test_interrupted_sweep_resumes_without_running_a_trial_twice(
     path = write_yaml(tmp_path / "rs.yaml", method="grid", parameters={
         "wandb_mode": {"value": "disabled"}, "epochs": {"values": [1, 400, 2]}})
     sweep_dir = tmp_path / "sw"
+    # SIGINT as a terminal delivers it, also when this test runs in a background job, whose
+    # children inherit SIGINT ignored (Python then installs no KeyboardInterrupt handler).
     proc = subprocess.Popen([sys.executable, "-m", "hpplug", "sweep", str(path), "--dir", "sw"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:  # wait until trial 2 is training
         time.sleep(0.1)
