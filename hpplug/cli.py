@@ -154,10 +154,12 @@ def _resume_dir(resume: str | None, output_dir: str):
     and a ``WANDB_RUN_ID`` whose run already finished."""
     from pathlib import Path
 
-    from hpplug import checkpoint, record
+    from hpplug import record
 
     if resume == "auto":
-        path = checkpoint.find_resumable(Path(output_dir))
+        from hpplug.checkpoint_files import find_resumable
+
+        path = find_resumable(Path(output_dir))
     elif resume:
         path = Path(os.path.normpath(Path(resume).absolute()))  # "." and "runs/x/" name their folder
         if not path.is_dir():
@@ -179,7 +181,7 @@ def _resume_dir(resume: str | None, output_dir: str):
 
 def resumed_config(catalog: dict[str, Any], record_dir) -> tuple[RunConfig, list[Any]]:
     """The configuration a run started with, from its checkpoint."""
-    from hpplug import checkpoint, record
+    from hpplug import checkpoint_files as checkpoint, record
 
     state = record.classify(record_dir)
     if state == "finished":

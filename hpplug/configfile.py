@@ -180,15 +180,15 @@ def load(path: str | Path, catalog: dict[str, Any]) -> Layer:
         if entry is None:
             raise HpplugError(f"--config {path}: unknown key {plugin!r}: no plugin of that name; "
                               f"{hint(plugin, catalog) or 'see `hpplug plugins`'}".rstrip("; "))
-        if entry.cls is None:
+        if not entry.active:
             raise HpplugError(f"--config {path}: {plugin}: the plugin cannot be used: "
                               f"{entry.error or 'third-party plugins are off (HPPLUG_DISABLE_PLUGIN_AUTOLOAD)'}")
         for param, value in values.items():
-            declared = entry.cls.params.get(param)
+            declared = entry.params.get(param)
             if declared is None:
-                takes = ", ".join(entry.cls.params) or "no parameters"
+                takes = ", ".join(entry.params) or "no parameters"
                 raise HpplugError(f"--config {path}: {plugin}.{param}: unknown parameter; "
-                                  f"{hint(param, entry.cls.params)}{plugin} takes: {takes}")
+                                  f"{hint(param, entry.params)}{plugin} takes: {takes}")
             _scalar(value, str(path), f"{plugin}.{param}", items=declared.type is tuple)
             try:
                 values[param] = declared.parse(value)
@@ -245,7 +245,7 @@ def merge(layer: Layer, catalog: dict[str, Any], core: dict[str, Any], given: se
     for kind in kinds:  # --model timm/convnext over a file's timm/resnet18: the file's arch goes
         spec, plugin = merged[kind], _plugin_of(merged[kind])
         entry = catalog.get(plugin)
-        variant = getattr(entry.cls, "variant", None) if entry is not None and entry.cls is not None else None
+        variant = entry.variant if entry is not None else None
         if kind in given and variant and plugin in params and spec != layer.core.get(kind):
             params[plugin].pop(variant, None)
     for plugin, values in raw.items():

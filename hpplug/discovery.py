@@ -107,6 +107,19 @@ class PluginEntry:
         info = self.info
         return list(info.hooks) if info is not None else []
 
+    @property
+    def params(self) -> dict[str, Param]:
+        """The declared parameters (none for a plugin that cannot be used): from the class,
+        or from the metadata cache, so that a run's options are read without importing it."""
+        info = self.info
+        return info.params if info is not None else {}
+
+    @property
+    def variant(self) -> str | None:
+        """The parameter ``--model NAME/VARIANT`` sets, if the plugin has variants."""
+        info = self.info
+        return info.variant if info is not None else None
+
 
 def third_party_disabled() -> bool:
     return os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no")

@@ -230,7 +230,8 @@ def run(config: RunConfig, entries: list[Any], *, download: bool = True, show_pr
     """
     from hpplug import manager, notices, record
     from hpplug.config import with_environment
-    from hpplug.tracking import new_run_id, opening_line, resolve_mode
+    from hpplug.record import new_run_id
+    from hpplug.tracking import opening_line, resolve_mode
 
     notices.new_run()
     mode = resolve_mode(config.wandb_mode)

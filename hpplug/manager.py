@@ -18,7 +18,6 @@ from hpplug.discovery import (BUILTIN_DISTRIBUTIONS, DISABLE_AUTOLOAD_ENV, GROUP
                               NAME_PATTERN, PluginEntry, check_class, discover, first_result_hooks, register_local,
                               third_party_disabled, unregister_local)
 from hpplug.errors import HpplugError
-from hpplug.guard import guard, run_guarded
 from hpplug.plugin import Plugin
 from hpplug.suggest import hint
 
@@ -89,6 +88,8 @@ def build(entries: list[PluginEntry],
     Every hook implementation is guarded (:mod:`hpplug.guard`): whatever a plugin raises or
     wrongly returns, at any call site, becomes a PluginError naming the plugin and the hook.
     """
+    from hpplug.guard import guard, run_guarded  # imports torch: only to build a run
+
     check_slots(entries)  # the model's and the data set's hooks too
     pm = new_plugin_manager()
     plugins = [run_guarded(functools.partial(entry.cls, **values.get(entry.name, {})), (), entry.name, "__init__")
@@ -110,7 +111,7 @@ def parse_values(entries: list[PluginEntry], raw: dict[str, dict[str, Any]]) -> 
             )
     values: dict[str, dict[str, Any]] = {}
     for entry in entries:
-        declared = entry.cls.params
+        declared = entry.params
         given = raw.get(entry.name, {})
         for key in given:
             if key not in declared:

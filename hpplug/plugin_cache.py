@@ -33,7 +33,7 @@ from hpplug import __version__
 from hpplug.plugin import Param
 
 CACHE_ENV = "HPPLUG_CACHE_DIR"
-FORMAT = 1
+FORMAT = 2  # 2: PluginInfo.packable
 MAX_BYTES = 8 << 20  # a larger file is not one this module wrote
 MAX_FILES = 5000  # files stamped per package: beyond that, its folders' times only
 # The parameter types a cached Param can hold, by Param.type_name.
@@ -42,8 +42,9 @@ TYPES: dict[str, type] = {t.__name__: t for t in (int, float, str, bool, tuple)}
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """What listings, help and completion show of a plugin class: its kind, slot, variant,
-    hooks, parameters, and the first paragraph of its method card (and the card's path)."""
+    """What listings, help, completion and a sweep's grouping read of a plugin class: its
+    kind, slot, variant, hooks, parameters, whether it trains in a pack, and the first
+    paragraph of its method card (and the card's path)."""
 
     kind: str
     slot: str | None
@@ -52,31 +53,35 @@ class PluginInfo:
     params: dict[str, Param]
     card: str | None
     card_path: str | None
+    packable: bool = False
 
     @classmethod
     def of(cls, plugin: type) -> PluginInfo:
         from hpplug.discovery import hooks_of
+        from hpplug.pack.support import packable
 
         card, path = method_card(plugin)
         return cls(kind=str(plugin.kind), slot=plugin.slot, variant=getattr(plugin, "variant", None),
-                   hooks=hooks_of(plugin), params=dict(plugin.params), card=card, card_path=path)
+                   hooks=hooks_of(plugin), params=dict(plugin.params), card=card, card_path=path,
+                   packable=packable(plugin))
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "slot": self.slot, "variant": self.variant, "hooks": list(self.hooks),
                 "params": [param_json(name, p) for name, p in self.params.items()],
-                "card": self.card, "card_path": self.card_path}
+                "card": self.card, "card_path": self.card_path, "packable": self.packable}
 
     @classmethod
     def from_json(cls, data: Any) -> PluginInfo:
         """The inverse of :meth:`to_json`; ``ValueError`` for anything else."""
         _require(isinstance(data, dict) and set(data) == {"kind", "slot", "variant", "hooks", "params", "card",
-                                                          "card_path"})
+                                                          "card_path", "packable"})
+        _require(isinstance(data["packable"], bool))
         _require(isinstance(data["hooks"], list) and all(isinstance(h, str) for h in data["hooks"]))
         _require(isinstance(data["params"], list))
         params = dict(_param(row) for row in data["params"])
         return cls(kind=_text(data["kind"]), slot=_text(data["slot"], True), variant=_text(data["variant"], True),
                    hooks=tuple(data["hooks"]), params=params, card=_text(data["card"], True),
-                   card_path=_text(data["card_path"], True))
+                   card_path=_text(data["card_path"], True), packable=data["packable"])
 
 
 def param_json(name: str, p: Param) -> dict[str, Any]:

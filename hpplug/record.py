@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,12 @@ _RESERVED = {"wandb"}  # the offline W&B runs beside the records
 def _show(value: str, limit: int = 40) -> str:
     """A value quoted for a one-line message: control characters escaped, long ones cut."""
     return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
+
+
+def new_run_id() -> str:
+    """Eight lowercase letters and digits, the shape of a W&B run id."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 def is_run_id(value: str) -> bool:
@@ -142,7 +150,7 @@ def cut_torn_tail(path: Path, length: int) -> None:
 def _is_record_file(name: str) -> bool:
     """A file or folder hpplug writes in a record (a checkpoint's staging copies and the
     temporary files of an atomic write included); anything else there is someone else's."""
-    from hpplug.checkpoint import CHECKPOINT
+    from hpplug.checkpoint_files import CHECKPOINT
 
     return name in (CONFIG, METRICS, SUMMARY) or name.startswith((CHECKPOINT, f".{CONFIG}.", f".{SUMMARY}."))
 
@@ -178,7 +186,7 @@ def classify(record_dir: Path) -> str | None:
     status is finished, or stopped early by a plugin or a sweep), ``"resumable"`` (a checkpoint,
     not ended) or ``"restartable"`` (an attempt that ended before its
     first checkpoint). A folder that is not a run record, or damage, is an ``HpplugError``."""
-    from hpplug import checkpoint
+    from hpplug import checkpoint_files as checkpoint
 
     if record_dir.is_symlink() or (record_dir.exists() and not record_dir.is_dir()):
         raise HpplugError(f"{record_dir} is not a run record folder (a link or a file is there); "

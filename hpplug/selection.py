@@ -45,7 +45,7 @@ def select(catalog: dict[str, Any], kind: str, spec: str) -> tuple[Any, dict[str
                           f"{kinds_hint(catalog, kind)}")
     if not variant:
         return entry, {}
-    key = getattr(entry.cls, "variant", None) if entry.cls is not None else None
+    key = entry.variant
     if not key:
         raise HpplugError(f"{option} {spec}: {name} has no variants; use {option} {name} and its "
                           f"--{name}.<param> options")
@@ -58,7 +58,7 @@ def names_of(catalog: dict[str, Any], kind: str) -> list[str]:
 
 def kinds_hint(catalog: dict[str, Any], kind: str) -> str:
     names = names_of(catalog, kind)
-    family = [n for n in names if getattr(catalog[n].cls, "variant", None)]
+    family = [n for n in names if catalog[n].variant]
     extra = "".join(f", {n}/<name>" for n in family)
     return f"installed {kind}s: {', '.join(names) or 'none'}{extra}, or MODULE:ATTR for your own code"
 

@@ -46,7 +46,7 @@ def reject_extra_args(ctx: click.Context, catalog: dict[str, Any]) -> None:
         if plugin not in catalog:
             raise HpplugError(f"{option}: unknown plugin {plugin!r}; "
                               f"{hint(plugin, catalog, f'--{{}}.{key}')}see `hpplug plugins`")
-        params = catalog[plugin].cls.params if catalog[plugin].cls else {}
+        params = catalog[plugin].params
         known = ", ".join(f"--{plugin}.{k}" for k in params)
         raise HpplugError(f"unknown parameter {option}; {hint(key, params, f'--{plugin}.{{}}')}"
                           f"{plugin} takes: {known or 'no parameters'}")

@@ -20,20 +20,19 @@ import logging
 import math
 import netrc
 import os
-import secrets
 import shlex
-import string
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 import click
-from accelerate import Accelerator
 
 from hpplug import record
-from hpplug.checkpoint import CHECKPOINT
 from hpplug.config import SETTINGS, tag_list
 from hpplug.errors import HpplugError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 AXIS = "epoch"  # every row hpplug logs holds it (fractional between epochs)
 # W&B's summary of a metric by the last word of its name: its best value, not its last.
@@ -59,12 +58,6 @@ def resolve_mode(requested: str | None) -> str:
     if mode == "dryrun":
         return "offline"
     return "online" if has_wandb_credentials() else "offline"
-
-
-def new_run_id() -> str:
-    """Eight lowercase letters and digits, the shape of a W&B run id."""
-    alphabet = string.ascii_lowercase + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 def _jsonable(value: Any) -> Any:
@@ -231,6 +224,8 @@ class Tracker:
         try:
             write()
         except OSError as exc:
+            from hpplug.checkpoint_files import CHECKPOINT
+
             if (self.record_dir / CHECKPOINT).is_dir():
                 then = f"continue with: hpplug run --resume {self.record_dir}"
             else:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from hpplug import checkpoint
+from hpplug import checkpoint_files as checkpoint
 from hpplug.sweep.command import sweep_command
 from hpplug.wandb_file import find_run_files, read_run
 
@@ -154,11 +154,14 @@ def test_a_trial_with_a_plugin_that_does_not_pack_runs_alone_beside_a_pack(tmp_p
             assert any(line.startswith(f"trial {t['number']} {t['id']}: runs alone (plugin sam") for line in lines)
 
 
+@pytest.mark.parametrize("plugins", ["imported", "metadata cache"])
 def test_trials_pack_by_what_they_share_and_the_rest_say_why_they_run_alone(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plugins: str) -> None:
     """The grouping reads each trial's options as hpplug run does (in this process: fast), in
-    the environment a pack process has: the runner's own WANDB_RUN_ID is not a member's."""
+    the environment a pack process has: the runner's own WANDB_RUN_ID is not a member's. The
+    runner groups from the plugin metadata cache: the same packs as from the classes."""
     monkeypatch.setenv("WANDB_RUN_ID", "")  # `hpplug run` alone would refuse it
+    from hpplug import plugin_cache
     from hpplug.manager import discover
     from hpplug.sweep.packing import groups
     from hpplug.sweep.spec import load
@@ -178,7 +181,13 @@ def test_trials_pack_by_what_they_share_and_the_rest_say_why_they_run_alone(
     def argv(t: Trial) -> list[str]:
         return ["python", "train.py"] if "custom" in t.values else command(spec, runs, t.values)
 
-    found = groups(trials, 3, discover(), argv, "grp")
+    if plugins == "imported":
+        catalog = discover()
+    else:
+        plugin_cache.catalog()  # builds the cache if it is stale
+        catalog = plugin_cache.catalog()
+        assert catalog["sam"].cls is None and catalog["cosine"].cls is None  # metadata only, nothing imported
+    found = groups(trials, 3, catalog, argv, "grp")
     assert [[t.id for t in group] for group, _ in found] == [["t1", "t2", "t6"], ["t3"], ["t4"], ["t5"], ["t7"]]
     why = {group[0].id: reason for group, reason in found}
     assert why["t1"] == "" and "batch_size" in why["t3"] and "plugin sam" in why["t4"]
@@ -286,3 +295,22 @@ def test_a_rerun_adopts_a_live_pack_as_one_process_and_waits_for_it(tmp_path: Pa
     started = min(json.loads(line)["time"] for t in trials[2:]
                   for line in (Path(t["record"]) / "metrics.jsonl").read_text().splitlines())
     assert started > max(adopted)  # pack 2 started after pack 1 had ended, not beside it
+
+
+@pytest.mark.slow
+def test_the_runner_of_a_packed_sweep_imports_no_torch_and_no_wandb(tmp_path: Path) -> None:
+    """The runner checks the YAML, groups the trials and renders their commands from the plugin
+    metadata cache and its own copy of W&B's macros: torch, Accelerate and W&B load only in the
+    pack process, which starts about a second after the command."""
+    path = write_yaml(tmp_path / "r.yaml", {"epochs": {"value": 1}, "wandb_mode": {"value": "offline"},
+                                            "lr": {"values": [0.05, 0.1]}})
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    subprocess.run([sys.executable, "-m", "hpplug", "plugins"], env=env, capture_output=True, check=True)  # warm
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "hpplug", "sweep", str(path), "--dir", "sw",
+                           "--pack", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time")}
+    assert "sweeps" in imported and not imported & {"torch", "accelerate", "wandb"}
+    trials = json.loads(Path("sw/sweep.json").read_text())["trials"]
+    assert [(t["pack"], t["status"]) for t in trials] == [(1, "finished")] * 2
+    assert len(find_run_files(Path("sw/runs/wandb"))) == 2  # W&B ran, in the pack process

@@ -16,7 +16,8 @@ from wandb.sdk.launch.sweeps import utils as wandb_sweep_utils
 from hpplug.cli import build_config, run_command
 from hpplug.manager import discover
 from hpplug.sweep.checks import problems
-from hpplug.sweep.spec import SweepSpec, expand_command, load, pretty_command, trial_values
+from hpplug.sweep.macros import args_macros, expand_command, with_envvars
+from hpplug.sweep.spec import SweepSpec, load, pretty_command, trial_values
 from hpplug.sweep.template import template
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,3 +218,19 @@ def test_unknown_plugin_in_template_is_one_line(catalog: dict[str, Any]) -> None
 
     with pytest.raises(HpplugError, match="unknown plugin 'cosinus'"):
         template(catalog, ["cosinus"])
+
+
+@pytest.mark.parametrize("values", [
+    {},
+    {"lr": 0.1, "epochs": 3, "name": "a b", "empty": ""},
+    {"flag": True, "off": False, "none": None, "plugin": ["cosine", "dropout"], "nested": {"a": [1, 2.5]}},
+    {"cosine.eta_min": 1e-05, "big": 10 ** 20, "neg": -3, "unicode": "é"},
+])
+def test_macros_are_wandbs_own(values: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every format of ${args} and ${envvar:NAME} renders as W&B's agent code renders it."""
+    agent = wandb_sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
+    assert args_macros(values) == agent
+    monkeypatch.setenv("HPPLUG_TEST_A", "x y")
+    monkeypatch.delenv("HPPLUG_TEST_UNSET", raising=False)
+    command = ["run", "--a=${envvar:HPPLUG_TEST_A}", "${envvar:HPPLUG_TEST_UNSET}/${envvar:HPPLUG_TEST_A}", "${args}"]
+    assert with_envvars(command) == wandb_sweep_utils.create_sweep_command(list(command))

@@ -65,7 +65,8 @@ def _train(specs: list[MemberSpec], show_progress: bool, download: bool) -> list
         raise HpplugError("a pack trains in one process: run `hpplug sweep --pack` without accelerate launch or "
                           "torchrun")
     members = [Member(spec, accelerator.device) for spec in specs]
-    with one_working_set():
+    # The members' W&B runs open while torch._dynamo is imported (as engine.run does around its one).
+    with one_working_set(), engine.imported_meanwhile("torch._dynamo"):
         for m in members:
             try:
                 m.open()

@@ -29,6 +29,7 @@ STOP_REQUEST = "stop-request"
 if TYPE_CHECKING:
     from hpplug.config import RunConfig
     from hpplug.discovery import PluginEntry
+    from hpplug.plugin_cache import PluginInfo
 
     MemberSpec = tuple[RunConfig, list[PluginEntry], str, str | Path | None]
 else:
@@ -45,7 +46,7 @@ def start_update(spec: MemberSpec) -> int:
     lockstep, so only those starting at one update train together."""
     if spec[3] is None:
         return 0
-    from hpplug import checkpoint
+    from hpplug import checkpoint_files as checkpoint
     from hpplug.errors import HpplugError
 
     try:
@@ -66,9 +67,9 @@ def packable(cls: type) -> bool:
     return getattr(cls, "packable", False) is True or (issubclass(cls, Dataset) and not hooks)
 
 
-def _why(cls: type | None) -> str:
-    """What makes a plugin class unpackable, when it is more than not declaring it."""
-    if cls is not None and "hpplug_optimizer_step" in hooks_of(cls):
+def _why(info: PluginInfo | None) -> str:
+    """What makes a plugin unpackable, when it is more than not declaring it."""
+    if info is not None and "hpplug_optimizer_step" in info.hooks:
         return (": it drives the optimizer step (hpplug_optimizer_step), which a pack takes once for all its "
                 "trials")
     return ""
@@ -84,9 +85,9 @@ def why_not_packable(members: Sequence[MemberSpec]) -> str | None:
     if not members:
         return "there are no trials to pack"
     for config, entries, _, _ in members:
-        for entry in entries:
-            if entry.cls is None or not packable(entry.cls):
-                return f"plugin {entry.name} ({entry.distribution}) does not support packing{_why(entry.cls)}"
+        for entry in entries:  # what the class says, or the metadata cache for it (a runner imports no plugin)
+            if entry.info is None or not entry.info.packable:
+                return f"plugin {entry.name} ({entry.distribution}) does not support packing{_why(entry.info)}"
         if config.mixed_precision == "fp16":
             return "fp16 scales each run's loss on its own: a pack trains in full precision (no) or bf16"
     configs = [m[0] for m in members]

@@ -137,10 +137,12 @@ def sweep_command(yaml_file: str | None, count: int | None, parallel: int, pack:
     `wandb sweep` + `wandb agent`.
     """
     from hpplug.cli import split_plugin_names
-    from hpplug.manager import discover
+    from hpplug.plugin_cache import catalog as plugin_catalog
     from hpplug.sweep import template as sweep_template
 
-    catalog = discover()
+    # The plugins' metadata, not their classes: the runner checks and groups trials without
+    # importing torch; each trial's process imports what it runs.
+    catalog = plugin_catalog()
     if template:
         if yaml_file:
             raise HpplugError("--template writes a new YAML; give no sweep file with it (use -o FILE)")
@@ -189,4 +191,4 @@ def run_sweep(spec: SweepSpec, folder: Path, yaml_file: str, dry_run: bool, opti
         click.echo(f"sweep complete: {runner.state.done}")
     elif code > 128:
         click.echo(f"sweep interrupted; run the same command again to continue ({folder / 'sweep.json'})")
-    sys.exit(code)
+    click.get_current_context().exit(code)  # returned by hpplug.cli.main, which ends the process

@@ -75,7 +75,7 @@ class Launcher:
     def mark_starting(self, trial: Trial, pack: int | None = None) -> bool:
         """Record the trial as starting (the caller saves before its process exists);
         whether it resumes from a checkpoint."""
-        from hpplug import checkpoint
+        from hpplug import checkpoint_files as checkpoint
 
         resume = checkpoint.has_checkpoint(trial.record_dir)
         trial.status, trial.launched, trial.attempts, trial.pack = "starting", time.time(), trial.attempts + 1, pack

@@ -84,9 +84,9 @@ class Runner:
     def plugins(self) -> dict[str, Any]:
         """The installed plugins (``hpplug sweep`` passes the catalog it checked the YAML with)."""
         if self.catalog is None:
-            from hpplug.manager import discover
+            from hpplug.plugin_cache import catalog
 
-            self.catalog = discover()
+            self.catalog = catalog()
         return self.catalog
 
     def running(self) -> list[Trial]:
@@ -102,7 +102,7 @@ class Runner:
         return not self.state.done and (self.count is None or self.started_new < self.count)
 
     def new_trial(self) -> Trial | None:
-        from hpplug.tracking import new_run_id
+        from hpplug.record import new_run_id
 
         suggestion = wandb_engine.suggest(self.spec, self.state)
         if suggestion is None:

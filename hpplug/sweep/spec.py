@@ -1,9 +1,8 @@
 """A sweep YAML as hpplug reads it: loading, and the trials' command lines.
 
 The same file serves ``wandb sweep`` / ``wandb agent`` and ``hpplug sweep``. What is
-checked before a trial starts is in ``checks``. Trial command lines are built with
-W&B's own macro code (``wandb.sdk.launch.sweeps.utils``), exactly as ``wandb agent``
-builds them.
+checked before a trial starts is in ``checks``; a trial's command line, as ``wandb agent``
+builds it, in ``macros``.
 """
 
 from __future__ import annotations
@@ -12,9 +11,7 @@ import difflib
 import hashlib
 import json
 import math
-import os
 import shlex
-import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,9 +200,9 @@ def value_checker(name: str, catalog: dict[str, Any]) -> Callable[[Any], str | N
         return check_core
     plugin, _, key = name.partition(".")
     entry = catalog.get(plugin)
-    if entry is None or entry.cls is None or key not in entry.cls.params:
+    if entry is None or not entry.active or key not in entry.params:
         return None
-    param = entry.cls.params[key]
+    param = entry.params[key]
 
     def check_param(value: Any) -> str | None:
         try:
@@ -229,12 +226,12 @@ def unknown_name(name: str, catalog: dict[str, Any]) -> str | None:
         plugin, _, key = name.partition(".")
         entry = catalog.get(plugin)
         if entry is None:
-            installed = ", ".join(sorted(n for n, e in catalog.items() if e.cls is not None)) or "none"
+            installed = ", ".join(sorted(n for n, e in catalog.items() if e.active)) or "none"
             return f"parameters.{name}: unknown plugin {plugin!r} (installed: {installed})"
-        if entry.cls is None:
+        if not entry.active:
             return f"parameters.{name}: plugin {plugin!r} cannot be loaded: {entry.error}"
-        if key not in entry.cls.params:
-            known = ", ".join(f"{plugin}.{k}" for k in entry.cls.params) or "none"
+        if key not in entry.params:
+            known = ", ".join(f"{plugin}.{k}" for k in entry.params) or "none"
             return f"parameters.{name}: {plugin} has no parameter {key!r} (it takes: {known})"
         return None
     options = sorted(OPTION_TYPES) + list(PLUGIN_KEYS)
@@ -288,34 +285,6 @@ def trial_values(spec: SweepSpec, config: dict[str, dict[str, Any]]) -> dict[str
 
 def _plugin_names(spec: SweepSpec) -> set[str]:
     return {n for choice in (plugin_choices(spec.raw) or []) for n in choice}
-
-
-def expand_command(command: list[Any], values: dict[str, Any], extra_args: list[str] = (),
-                   program: str | None = None) -> list[str]:
-    """The argv ``wandb agent`` would run for these values, plus ``extra_args`` after ${args}.
-
-    W&B's ``create_sweep_command`` (``${envvar:NAME}``) and ``create_sweep_command_args``
-    render the values; the macro substitution mirrors ``wandb_agent.Agent._command_run``.
-    A leading ``hpplug`` runs as ``<this python> -m hpplug`` so the trial uses this install.
-    """
-    from wandb.sdk.launch.sweeps import utils as wandb_sweep_utils
-
-    expanded = wandb_sweep_utils.create_sweep_command([str(c) for c in command])
-    macros = wandb_sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
-    macros["args"] = macros["args"] + list(extra_args)
-    macros["interpreter"] = [sys.executable]
-    macros["program"] = [program] if program else []
-    macros["env"] = ["/usr/bin/env"] if os.path.exists("/usr/bin/env") else []
-    argv: list[str] = []
-    for chunk in expanded:
-        if chunk.startswith("${") and chunk.endswith("}"):
-            argv += macros.get(chunk[2:-1]) or []
-        else:
-            argv.append(chunk)
-    for i, tok in enumerate(argv):
-        if tok == "hpplug" and (i == 0 or argv[i - 1] not in ("-m", "--module")):
-            return argv[:i] + [sys.executable, "-m", "hpplug"] + argv[i + 1:]
-    return argv
 
 
 def pretty_command(spec: SweepSpec, values: dict[str, Any]) -> str:

@@ -65,7 +65,7 @@ def template(catalog: dict[str, Any], plugins: list[str], method: str = "bayes")
         blocks.append(("plugin", {"value": list(plugins)}, "plugins of every trial; "
                        "a choice: values: [[step, dropout], [cosine, dropout]]"))
     for entry in entries:
-        for key, param in entry.cls.params.items():
+        for key, param in entry.params.items():
             block = _param_block(param, method)
             note = f"{param.help} ({param.describe_range()}; default {param.default})"
             if block is None:

@@ -219,7 +219,7 @@ def new_group() -> dict[str, Any]:
 def command(spec: Any, runs_dir: Path, values: dict[str, Any]) -> list[str]:
     """A trial's argv, built from the YAML and its values (never read from disk): what
     ``wandb agent`` would run, with the sweep's ``--output-dir`` (and ``--project``)."""
-    from hpplug.sweep.spec import expand_command
+    from hpplug.sweep.macros import expand_command
 
     extra = [f"--output-dir={runs_dir}"]
     if spec.raw.get("project") and "project" not in values:

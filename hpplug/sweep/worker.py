@@ -51,9 +51,13 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main(sys.argv[1:]))
+        code = main(sys.argv[1:])
     except HpplugError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    from hpplug.exiting import exit_now
+
+    exit_now(code)  # the members' records and W&B runs are closed: no interpreter teardown
+    sys.exit(code)
