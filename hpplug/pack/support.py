@@ -58,13 +58,12 @@ def start_update(spec: MemberSpec) -> int:
 def packable(cls: type) -> bool:
     """Whether a plugin class supports packing: it declares it (``Plugin.packable``), or it
     is a data set without hooks (it is only loaded, once per pack). The built-in plugins
-    declare it like any third party's."""
-    from hpplug.components import Dataset
-
+    declare it like any third party's. (Read by kind, not class: the metadata cache asks
+    this of every plugin, and importing hpplug.components would import torch.)"""
     hooks = hooks_of(cls)
     if "hpplug_optimizer_step" in hooks:
         return False
-    return getattr(cls, "packable", False) is True or (issubclass(cls, Dataset) and not hooks)
+    return getattr(cls, "packable", False) is True or (getattr(cls, "kind", None) == "dataset" and not hooks)
 
 
 def _why(info: PluginInfo | None) -> str:
