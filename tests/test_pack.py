@@ -321,9 +321,10 @@ def test_a_pack_trains_each_member_as_it_trains_alone(tmp_path, monkeypatch):
 
 
 def test_one_member_stops_early_and_the_others_go_on(tmp_path, plugins, monkeypatch):
-    """A stop-request file (a sweep's hyperband) stops a member at its next log point (or
-    epoch end, with no log point before), a plugin's hpplug_should_stop another after its
-    epoch, a failing plugin a third; the member without any trains exactly as alone."""
+    """A stop-request file (a sweep's hyperband) stops a member after the update it appeared
+    in, as SIGUSR1 stops a run alone (whatever its --log-every), a plugin's hpplug_should_stop
+    another after its epoch, a failing plugin a third; the member without any trains exactly
+    as alone."""
     out = tmp_path / "pack"
     specs = lambda out, targets: [  # noqa: E731
         member(out, "free", ["requester", "dropout"], {"requester": {"records": targets, "at": 12}},
@@ -335,21 +336,21 @@ def test_one_member_stops_early_and_the_others_go_on(tmp_path, plugins, monkeypa
     ]
     free, hyper, patient, broken, late = run_pack(specs(out, os.pathsep.join(str(out / r) for r in ("hyper", "late"))))
     assert free.status == "finished" and free.summary["updates"] == 42
-    assert hyper.status == "stopped" and hyper.summary["updates"] == 15, "the log point after the request"
+    assert hyper.status == "stopped" and hyper.summary["updates"] == 12, "the update of the request"
     assert STOP_REQUEST in hyper.summary["stop_reason"] and not (out / "hyper" / STOP_REQUEST).exists()
-    assert rows(hyper.record_dir)[-1]["step"] == 15 and "test/accuracy" not in hyper.summary
+    assert [r["step"] for r in rows(hyper.record_dir)] == [5, 10] and "test/accuracy" not in hyper.summary
     assert patient.status == "stopped" and patient.summary["stop_reason"] == "enough after 1 epochs"
     assert patient.summary["updates"] == 21 and "test/accuracy" in patient.summary
     assert broken.status == "failed" and broken.summary["error_plugin"] == "boom"
     assert "boom" in broken.summary["error"] and broken.summary["updates"] == 7
     assert summary(broken.record_dir)["status"] == "failed"
-    assert late.status == "stopped" and late.summary["updates"] == 21 and "test/accuracy" not in late.summary
-    assert [r["step"] for r in rows(late.record_dir)] == [21] and "val/accuracy" in late.summary
+    assert late.status == "stopped" and late.summary["updates"] == 12 and "test/accuracy" not in late.summary
+    assert rows(late.record_dir) == [] and "val/accuracy" not in late.summary  # no log point, no epoch end yet
     single = {r.run_id: r for r in (alone(s, tmp_path / "alone", monkeypatch)
                                     for s in specs(tmp_path / "alone", str(tmp_path / "none"))[:3])}
     assert_trains_alike(free.record_dir, single["free"].record_dir, updates_per_epoch=21)
     assert_trains_alike(patient.record_dir, single["patient"].record_dir, updates_per_epoch=21)
-    cut = [r for r in rows(single["hyper"].record_dir) if r["step"] <= 15 and "train/accuracy" not in r]
+    cut = [r for r in rows(single["hyper"].record_dir) if r["step"] <= 12 and "train/accuracy" not in r]
     assert [r["train/loss"] for r in rows(hyper.record_dir)] == pytest.approx([r["train/loss"] for r in cut], rel=1e-4)
 
 

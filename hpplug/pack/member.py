@@ -7,8 +7,8 @@ and its random numbers (:mod:`hpplug.pack.rng`). Only the forward, backward and 
 shared (:mod:`hpplug.pack.train`).
 
 Early termination from outside: a file ``<record>/stop-request`` (any content), written by
-a sweep runner, stops the member at its next log point (every ``--log-every`` updates) or
-epoch end, as SIGUSR1 stops a run alone: status ``stopped``, no ``hpplug_train_end`` and no
+a sweep runner, stops the member after its current update (one ``stat`` per member and
+update), as SIGUSR1 stops a run alone: status ``stopped``, no ``hpplug_train_end`` and no
 test, its summary says at which update; the file is removed once the record is closed.
 """
 

@@ -145,9 +145,8 @@ def after_update(pack: Pack, start: float) -> float:
             with pack.own(m):
                 m.save()
         start = time.perf_counter()
-    for m in pack.members:
-        if m.loop.progress.update % m.config.log_every == 0:
-            m.honour_stop_request()
+    for m in pack.members:  # after every update, as SIGUSR1 stops a run alone
+        m.honour_stop_request()
     return start
 
 
