@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from hpplug import discovery, engine
-from hpplug.cli import build_config
+from hpplug.run_args import build_config
 from hpplug.pack import run_pack
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from hpplug import discovery, engine, manager
 from hpplug import loop as training
-from hpplug.cli import build_config
+from hpplug.run_args import build_config
 from hpplug.console import EpochBar
 from hpplug.tracking import Tracker
 

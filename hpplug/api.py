@@ -32,7 +32,7 @@ def train(*, model: nn.Module | Callable[..., nn.Module] | str = "mlp",
     :class:`hpplug.HpplugError` with the command line's message.
     """
     from hpplug import discovery, engine, selection
-    from hpplug.cli import build_config
+    from hpplug.run_args import build_config
     from hpplug.components import Splits
 
     catalog = discovery.discover()

@@ -135,7 +135,7 @@ def split(data: dict[str, Any], path: str, plugin_names: Sequence[str] = ()) -> 
 
 def _plugin_list(value: Any, path: str, key: str) -> list[str]:
     if isinstance(value, str):
-        from hpplug.cli import split_plugin_names
+        from hpplug.run_args import split_plugin_names
 
         return split_plugin_names((value,))
     if value is None:

@@ -44,7 +44,7 @@ def applying(catalog: dict[str, Any], args: list[str]) -> list[str] | None:
     """The plugins whose options apply to this command line, model and data set included;
     None when it selects nothing (then every plugin's options are shown)."""
     from hpplug import configfile
-    from hpplug.cli import split_plugin_names
+    from hpplug.run_args import split_plugin_names
 
     chosen = selection(args)
     if not any(chosen.values()):

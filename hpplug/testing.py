@@ -77,7 +77,7 @@ def hpplug_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, s
 @pytest.fixture
 def hpplug_train(tmp_path: Path) -> Callable[..., Any]:
     from hpplug import discovery, engine
-    from hpplug.cli import build_config
+    from hpplug.run_args import build_config
 
     def train(plugins: list[str] | tuple[str, ...] = (), params: dict[str, dict[str, Any]] | None = None,
               **options: Any) -> engine.RunResult:

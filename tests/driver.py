@@ -68,7 +68,7 @@ def resume(record: Path, reorder: bool = False):
     """Resume ``record`` in this process as ``hpplug run --resume RECORD`` does (``reorder``:
     its plugins named in reverse order); the run's result."""
     from hpplug import engine
-    from hpplug.cli import resumed_config
+    from hpplug.run_args import resumed_config
 
     config, entries = resumed_config(discovery.discover(), Path(record))
     if reorder:

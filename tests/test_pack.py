@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpplug import HpplugError, Model, Param, Plugin, discovery, engine, hookimpl
-from hpplug.cli import build_config
+from hpplug.run_args import build_config
 from hpplug.pack import STOP_REQUEST, packable, run_pack, why_not_packable
 from hpplug.pack.optim import PackedOptimizer
 from hpplug.pack.stack import Stack
@@ -32,7 +32,7 @@ VOLATILE = {"time", "train/samples_per_s", "train/time_s"}  # wall-clock values
 
 
 def member(out: Path, run_id: str, plugins=(), params=None, resume=None, hidden=64, **core):
-    """A member as run_pack takes it (what hpplug.cli.build_config makes of options); a
+    """A member as run_pack takes it (what hpplug.run_args.build_config makes of options); a
     smaller MLP than the seed recipe's unless ``hidden`` says otherwise (quicker)."""
     options = {"epochs": 1, "wandb_mode": "disabled", "output_dir": str(out), "log_every": 5, **core}
     params = {**({"mlp": {"hidden": hidden}} if core.get("model", "mlp") == "mlp" else {}), **(params or {})}
@@ -433,7 +433,7 @@ def test_a_killed_pack_resumes_to_the_uninterrupted_result(tmp_path, plugins, mo
     assert not any((tmp_path / "cut" / r / "summary.json").exists() for r in "abc")
     monkeypatch.delenv("PACK_TEST_SIGNAL_AT", raising=False)
     monkeypatch.delenv("PACK_TEST_KILL_AT_SAVE", raising=False)
-    from hpplug.cli import resumed_config
+    from hpplug.run_args import resumed_config
 
     catalog = discovery.discover()
     resumes = [(*resumed_config(catalog, tmp_path / "cut" / r), r, tmp_path / "cut" / r) for r in "abc"]
@@ -466,7 +466,7 @@ def test_sigterm_checkpoints_every_member_and_a_damaged_one_fails_alone_on_resum
     with open(tmp_path / "c" / "checkpoint" / "model.safetensors", "r+b") as f:
         f.seek(100)
         f.write(b"\xff" * 8)
-    from hpplug.cli import resumed_config
+    from hpplug.run_args import resumed_config
 
     catalog = discovery.discover()
     resumes = [(*resumed_config(catalog, tmp_path / r), r, tmp_path / r) for r in "ab"]

@@ -308,7 +308,7 @@ def test_a_killed_pack_of_methods_resumes_to_the_uninterrupted_result(tmp_path, 
     for r in ("ema", "clip"):
         assert json.loads((tmp_path / "cut" / r / "checkpoint" / "loop.json").read_text())["update"] == 50
         assert not (tmp_path / "cut" / r / "summary.json").exists()
-    from hpplug.cli import resumed_config
+    from hpplug.run_args import resumed_config
 
     catalog = discovery.discover()
     resumes = [(*resumed_config(catalog, tmp_path / "cut" / r), r, tmp_path / "cut" / r) for r in ("ema", "clip")]

@@ -2,7 +2,7 @@
 
 A trial can join a pack when its command is hpplug's own ``run`` (as ``trials.command``
 builds it: a custom program or a launcher runs alone), its options read as ``hpplug run``
-reads them (``hpplug.cli.run_setup``: the one reading of a run's command line), and
+reads them (``hpplug.run_args.run_setup``: the one reading of a run's command line), and
 ``hpplug.pack.why_not_packable`` accepts it beside the others (same model, data, batch
 size and epochs, plugins that support packing). The runner groups trials with this, and
 the pack process (``worker``) rebuilds its members with it from the YAML and ``sweep.json``.
@@ -39,7 +39,8 @@ def member(catalog: dict[str, Any], args: list[str], trial: Trial, group: str) -
     import click
 
     from hpplug import record
-    from hpplug.cli import run_command, run_setup
+    from hpplug.cli import run_command
+    from hpplug.run_args import run_setup
 
     # As hpplug run reads WANDB_RUN_ID's record: a finished run is refused, never run again.
     resume = str(trial.record_dir) if record.resumable(trial.record_dir) else None

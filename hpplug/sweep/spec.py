@@ -156,7 +156,7 @@ def plugin_choices(spec: dict[str, Any]) -> list[list[str]] | None:
 
 def command_plugins(command: list[Any]) -> set[str]:
     """Plugins named literally in the YAML's command (``--plugin cosine``, ``--plugin=a,b``)."""
-    from hpplug.cli import split_plugin_names
+    from hpplug.run_args import split_plugin_names
 
     tokens, names = [str(c) for c in command], set()
     for i, tok in enumerate(tokens):
@@ -243,7 +243,7 @@ def unknown_name(name: str, catalog: dict[str, Any]) -> str | None:
 def trial_problem(values: dict[str, Any], catalog: dict[str, Any], fixed_plugins: set[str] = frozenset()) -> str | None:
     """Why ``hpplug run`` refuses these values (its option types, then its configuration
     code ``build_config``, as for a run), or None. ``fixed_plugins``: named in command."""
-    from hpplug.cli import build_config, split_plugin_names
+    from hpplug.run_args import build_config, split_plugin_names
     from hpplug.config import OPTION_TYPES
 
     try:
@@ -275,7 +275,7 @@ def trial_values(spec: SweepSpec, config: dict[str, dict[str, Any]]) -> dict[str
     chosen = next((values[k] for k in PLUGIN_KEYS if k in values), None)
     if chosen is None:
         return values
-    from hpplug.cli import split_plugin_names
+    from hpplug.run_args import split_plugin_names
 
     names = set(map(str, chosen) if isinstance(chosen, list) else split_plugin_names((str(chosen),)))
     names |= command_plugins(spec.raw.get("command", []))

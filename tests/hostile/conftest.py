@@ -83,7 +83,7 @@ def earlier_record(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished run's record folder with its checkpoint (made once, copied into each
     test's output dir)."""
     from hpplug import discovery, engine
-    from hpplug.cli import build_config
+    from hpplug.run_args import build_config
 
     root = tmp_path_factory.mktemp("earlier")
     core = {"epochs": 1, "wandb_mode": "disabled", "output_dir": str(root / "runs"), "checkpoint_every": "1epoch"}

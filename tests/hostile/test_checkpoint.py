@@ -67,7 +67,7 @@ class Keeper(Plugin):
 def crashed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A record whose run crashed at update 5 of 6, with its checkpoint of update 4."""
     from hpplug import engine
-    from hpplug.cli import build_config
+    from hpplug.run_args import build_config
 
     root = tmp_path_factory.mktemp("crashed")
     core = {"epochs": 1, "batch_size": 256, "checkpoint_every": "2", "wandb_mode": "disabled",

@@ -361,7 +361,7 @@ def test_resume_after_a_torn_line_and_an_empty_summary(cut_run, hpplug_cli):
 
 def test_resume_failing_before_training_leaves_the_record(cut_run):
     from hpplug import discovery, engine
-    from hpplug.cli import resumed_config
+    from hpplug.run_args import resumed_config
 
     _, cut = cut_run
     with open(cut / "metrics.jsonl", "ab") as f:
@@ -376,7 +376,7 @@ def test_resume_failing_before_training_leaves_the_record(cut_run):
 
 def test_resume_failing_during_training_keeps_earlier_metrics(cut_run):
     from hpplug import discovery, engine
-    from hpplug.cli import resumed_config
+    from hpplug.run_args import resumed_config
 
     _, cut = cut_run
     earlier = rows(cut)

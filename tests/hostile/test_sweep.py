@@ -21,7 +21,8 @@ import psutil
 import pytest
 import yaml
 
-from hpplug.cli import build_config, run_command
+from hpplug.cli import run_command
+from hpplug.run_args import build_config
 from hpplug.config import RunConfig
 from hpplug.discovery import discover
 from hpplug.errors import HpplugError

@@ -12,7 +12,8 @@ import json
 import pytest
 
 from hpplug import discovery
-from hpplug.cli import run_command, sweep_overrides
+from hpplug.cli import run_command
+from hpplug.run_args import sweep_overrides
 from hpplug.config import WANDB_FORBIDDEN, RunConfig, WandbName
 from hpplug.errors import HpplugError
 
