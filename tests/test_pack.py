@@ -60,15 +60,15 @@ def summary(record) -> dict:
     return json.loads((Path(record) / "summary.json").read_text())
 
 
-def assert_trains_alike(packed, single, updates_per_epoch: int) -> None:
+def assert_trains_alike(packed, single, updates_per_epoch: int, rel: float = 1e-4) -> None:
     """The brief's equality: the same rows (keys, steps, LRs); train losses within 1e-4
-    relative over the first epoch; every accuracy within 0.005."""
+    (``rel``) relative over the first epoch; every accuracy within 0.005."""
     a, b = rows(packed), rows(single)
     assert [(r["step"], sorted(r)) for r in a] == [(r["step"], sorted(r)) for r in b]
     for x, y in zip(a, b):
         assert x.get("lr") == y.get("lr")
         if "train/accuracy" not in x and "train/loss" in x and x["step"] <= updates_per_epoch:
-            assert x["train/loss"] == pytest.approx(y["train/loss"], rel=1e-4), x["step"]
+            assert x["train/loss"] == pytest.approx(y["train/loss"], rel=rel), x["step"]
         for key in x:
             if key.endswith("accuracy"):
                 assert abs(x[key] - y[key]) <= 0.005, (x["step"], key)
@@ -318,6 +318,21 @@ def test_a_pack_trains_each_member_as_it_trains_alone(tmp_path, monkeypatch):
     files = {(root, d.name.rsplit("-", 1)[1]): (d / "files" / "requirements.txt").read_text()
              for root in ("pack", "alone") for d in (tmp_path / root / "wandb").glob("offline-run-*")}
     assert len(files) == 6 and len(set(files.values())) == 1 and "torch==" in next(iter(files.values()))
+
+
+def test_a_bf16_pack_trains_each_member_as_it_trains_alone_in_bf16(tmp_path, monkeypatch):
+    """--mixed-precision bf16 packs (fp16 does not: its loss scale is each run's own). The
+    members' batched bf16 matmuls round apart from each one's alone by a bf16 unit now and
+    then (2**-8 = 4e-3 relative), so per-update losses agree within 1e-3 relative, not the
+    1e-4 of full precision (measured: <= 1.8e-4); accuracies within 0.005 (measured: 0.0015)."""
+    common = {"epochs": 1, "log_every": 1, "mixed_precision": "bf16", "hidden": 500}
+    specs = lambda out: [member(out, "a", ["dropout"], lr=0.1, seed=1, **common),  # noqa: E731
+                         member(out, "b", ["dropout", "cosine"], lr=0.05, seed=3, **common)]
+    packed = run_pack(specs(tmp_path / "pack"))
+    single = [alone(spec, tmp_path / "alone", monkeypatch) for spec in specs(tmp_path / "alone")]
+    for p, s in zip(packed, single):
+        assert p.status == s.status == "finished" and p.summary["pack/size"] == 2
+        assert_trains_alike(p.record_dir, s.record_dir, updates_per_epoch=21, rel=1e-3)
 
 
 def test_one_member_stops_early_and_the_others_go_on(tmp_path, plugins, monkeypatch):
