@@ -7,9 +7,10 @@ Modules, in the order a sweep uses them:
   command line, as ``wandb agent`` renders it.
 - ``state``: ``sweep.json`` as a typed :class:`~hpplug.sweep.state.SweepState` of
   :class:`~hpplug.sweep.state.Trial` records, read back as untrusted input.
-- ``runner``: the loop (suggest, start, watch, record); ``wandb_engine``: W&B's engine fed
-  from the trials; ``launcher``: the trials' processes; ``trials``: starting, locking,
-  signalling and adopting a process; ``records``: what a trial's run record says.
+- ``runner``: the loop (start, watch, record); ``suggestions``: which trial starts next,
+  and when none does; ``wandb_engine``: W&B's engine fed from the trials; ``launcher``: the
+  trials' processes; ``trials``: starting, locking, signalling and adopting a process;
+  ``records``: what a trial's run record says.
 - ``packing``: which trials train together (``--pack``); ``worker``: the pack process.
 - ``report``, ``plot``: the table, the best command, ``summary.json`` and the pictures.
 

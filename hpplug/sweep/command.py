@@ -173,7 +173,7 @@ def run_sweep(spec: SweepSpec, folder: Path, yaml_file: str, dry_run: bool, opti
     runner = Runner(spec, folder, **options)
     if dry_run:
         runner.load()
-        trial = runner.new_trial() if runner.may_start() else None
+        trial = runner.next.new_trial() if runner.next.may_start() else None
         argv = runner.procs.command(trial) if trial else []
         click.echo(f"{yaml_file}: OK ({spec.raw['method']} search, {len(spec.parameters)} parameters, "
                    f"metric {spec.metric} {spec.goal}); sweep id {spec.sweep_id}, folder {folder}")

@@ -26,13 +26,13 @@ import click
 
 from hpplug.errors import HpplugError
 from hpplug.sweep import packing, report, state, wandb_engine
+from hpplug.sweep.suggestions import Suggestions
 from hpplug.sweep.launcher import Launcher
 from hpplug.sweep.records import ended_status, metric_value, read_history, read_summary
-from hpplug.sweep.spec import SweepSpec, trial_values
+from hpplug.sweep.spec import SweepSpec
 from hpplug.sweep.state import UNFINISHED, SweepState, Trial
 from hpplug.sweep.trials import lock_sweep
 
-MAX_FAILED_IN_A_ROW = 3  # like wandb agent, stop starting trials that all fail at once
 
 
 @dataclass
@@ -50,16 +50,13 @@ class Runner:
     poll_s: float = 0.3
     echo: Any = click.echo
     state: SweepState = None  # type: ignore[assignment]  # set by load()
-    queue: list[Trial] = field(default_factory=list)
-    started_new: int = 0
-    failed_in_a_row: int = 0
-    target_reached: bool = False
     _seen_rows: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Absolute: trial commands and records must not depend on where the runner starts.
         self.sweep_dir = Path(self.sweep_dir).resolve()
         self.procs: Launcher = None  # type: ignore[assignment]  # set by load()
+        self.next: Suggestions = None  # type: ignore[assignment]  # set by load()
 
     @property
     def runs_dir(self) -> Path:
@@ -75,6 +72,7 @@ class Runner:
         self.state = state.read(self.sweep_dir / "sweep.json", self.spec) or SweepState.new(self.spec, self.seed)
         self.procs = Launcher(self.spec, self.sweep_dir, self.state.sweep_id, self.save, self.echo, self.parallel,
                               self.wandb_mode)
+        self.next = Suggestions(self.spec, self.state, self.runs_dir, self.count)
 
     def save(self) -> None:
         """Write ``sweep.json`` atomically and durably."""
@@ -92,46 +90,6 @@ class Runner:
     def running(self) -> list[Trial]:
         return [t for t in self.trials if t.id in self.procs.handles]
 
-    # suggestions ---------------------------------------------------------------------
-    def may_start(self) -> bool:
-        cap = self.spec.raw.get("run_cap")
-        if cap is not None and len(self.trials) >= cap and not self.state.done:
-            self.state.done = f"run_cap {cap} reached"
-        if self.failed_in_a_row >= MAX_FAILED_IN_A_ROW:
-            return False
-        return not self.state.done and (self.count is None or self.started_new < self.count)
-
-    def new_trial(self) -> Trial | None:
-        from hpplug.record import new_run_id
-
-        suggestion = wandb_engine.suggest(self.spec, self.state)
-        if suggestion is None:
-            self.state.done = "grid exhausted: every grid point has run"
-            return None
-        taken = {t.id for t in self.trials}
-        run_id = new_run_id()
-        while run_id in taken or (self.runs_dir / run_id).exists():
-            run_id = new_run_id()
-        config = state.plain(suggestion.config)
-        trial = Trial(number=len(self.trials) + 1, id=run_id, config=config, values=trial_values(self.spec, config),
-                      record=str(self.runs_dir / run_id))
-        self.trials.append(trial)
-        self.started_new += 1
-        return trial
-
-    def next_trial(self) -> Trial | None:
-        while self.queue:
-            trial = self.queue.pop(0)
-            if trial.attempts or not self.halted():
-                return trial
-            self.trials.remove(trial)  # suggested for a pack that had no free process: never was
-        return self.new_trial() if self.may_start() else None
-
-    def halted(self) -> bool:
-        """Whether results stop new trials: metric.target reached, or trials failing in a row
-        (not run_cap or a grid's end: a trial already suggested within them still starts)."""
-        return self.failed_in_a_row >= MAX_FAILED_IN_A_ROW or self.target_reached
-
     def finish(self, trial: Trial, exit_code: int | None, interrupted: bool = False) -> None:
         """Record how a trial ended, print its line, and check metric.target."""
         summary = read_summary(trial.record_dir, trial.launched or 0.0)
@@ -144,14 +102,8 @@ class Runner:
         if status == "failed":
             error = summary.get("error") if trial.pack else None
             self.echo("\n".join(report.log_tail(self.procs.log_file(trial), error=error)))
-        self.failed_in_a_row = self.failed_in_a_row + 1 if status == "failed" else 0
-        if self.failed_in_a_row == MAX_FAILED_IN_A_ROW:
-            self.echo(f"{MAX_FAILED_IN_A_ROW} trials failed in a row: no new trials start (see their logs)")
-        if status in ("finished", "stopped") and self.spec.reaches_target(trial.metric) and not self.state.done:
-            self.state.done = (f"metric.target {self.spec.raw['metric']['target']} reached by trial "
-                               f"{trial.number} ({trial.id})")
-            self.target_reached = True
-            self.echo(self.state.done + "; running trials finish, no new ones start")
+        for line in self.next.ended(trial):
+            self.echo(line)
         self.save()
 
     def early_terminate(self) -> None:
@@ -175,7 +127,7 @@ class Runner:
         ended meanwhile, and queue the rest (never started, or gone) to start again."""
         for trial in [t for t in self.trials if t.status in UNFINISHED]:
             if trial.status == "pending":
-                self.queue.append(trial)
+                self.next.queue.append(trial)
                 continue
             if self.procs.adopt(trial):
                 continue
@@ -183,20 +135,20 @@ class Runner:
                 self.finish(trial, None)
             else:
                 trial.status = "interrupted"
-                self.queue.append(trial)
+                self.next.queue.append(trial)
         self.save()
 
     def start_more(self) -> None:
         """Start processes up to ``parallel``: up to ``pack`` trials each, grouped into packs
         (``packing``); what does not fit a free process waits at the front of the queue."""
         while self.procs.processes() < self.parallel:
-            batch = [t for t in (self.next_trial() for _ in range(self.pack)) if t is not None]
+            batch = [t for t in (self.next.next() for _ in range(self.pack)) if t is not None]
             if not batch:
                 return
             groups = [([t], "") for t in batch] if self.pack == 1 else \
                 packing.groups(batch, self.pack, self.plugins(), self.procs.command, self.state.sweep_id)
             free = self.parallel - self.procs.processes()
-            self.queue[:0] = [t for group, _ in groups[free:] for t in group]
+            self.next.queue[:0] = [t for group, _ in groups[free:] for t in group]
             for group, alone in groups[:free]:
                 self.procs.launch_group(group, alone, 1 + max((t.pack or 0 for t in self.trials), default=0))
 
@@ -232,7 +184,7 @@ class Runner:
         previous = signal.signal(signal.SIGTERM, terminate)
         try:
             self.loop()
-            return 1 if self.failed_in_a_row >= MAX_FAILED_IN_A_ROW else 0
+            return 1 if self.next.failing else 0
         except KeyboardInterrupt:
             self.procs.interrupt(received["signum"], self.running,
                                  lambda trial, code: self.finish(trial, code, interrupted=True))
