@@ -68,7 +68,7 @@ class PackedOptimizer:
         decays, momenta = self._each(name, "weight_decay"), self._each(name, "momentum")
         if any(decays):
             wd = _per_member(decays, param)
-            grad = grad + param * wd if torch.is_tensor(wd) else grad.add(param, alpha=wd)
+            grad = torch.addcmul(grad, param, wd) if torch.is_tensor(wd) else grad.add(param, alpha=wd)
         if any(momenta):
             state = self.state[name]
             buf = state.get("momentum_buffer")
@@ -78,10 +78,10 @@ class PackedOptimizer:
                 momentum = _per_member(momenta, param)
                 keep = _per_member([1 - d for d in self._each(name, "dampening")], param)
                 buf.mul_(momentum)
-                buf.add_(grad * keep) if torch.is_tensor(keep) else buf.add_(grad, alpha=keep)
+                buf.addcmul_(grad, keep) if torch.is_tensor(keep) else buf.add_(grad, alpha=keep)
             grad = buf if all(momenta) else torch.where(_per_member([m != 0 for m in momenta], param, True), buf, grad)
         lr = _per_member(self._each(name, "lr"), param)
-        param.add_(grad * -lr) if torch.is_tensor(lr) else param.add_(grad, alpha=-lr)
+        param.addcmul_(grad, lr, value=-1) if torch.is_tensor(lr) else param.add_(grad, alpha=-lr)
 
     def _adam(self, name: str, param: torch.Tensor, grad: torch.Tensor) -> None:
         state = self.state[name]

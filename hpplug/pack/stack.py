@@ -9,7 +9,8 @@ weight or a gradient instead (``p.data = ...``, ``p.grad = ...``) they are stack
 
 The forward is ``vmap(functional_call(base, ...))`` over the members: ``base`` is a copy of
 the first member's module on the meta device whose ``nn.Dropout`` layers take their masks
-as inputs (:class:`MaskedDropout`). Masks are drawn per member from its own generator
+as inputs (:class:`MaskedDropout`); a plain ``nn.Sequential`` MLP in full precision runs
+:mod:`hpplug.pack.sequential`'s forward instead (the same arithmetic, faster gradients). Masks are drawn per member from its own generator
 (:mod:`hpplug.pack.rng`), layer by layer in the order the forward calls them, exactly as
 ``F.dropout`` draws them alone (``bernoulli_(1 - p)`` then ``div_(1 - p)``). Any other
 random operation inside the forward fails (``randomness="error"``) instead of drawing
@@ -28,6 +29,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from hpplug.errors import HpplugError
+from hpplug.pack import sequential
 
 # Modules that draw random numbers in training, other than nn.Dropout: not packed (yet).
 RANDOM = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.RReLU)
@@ -106,6 +108,7 @@ class Stack:
         self.modules: list[nn.Module] = []
         self._sites: dict[tuple[int, ...], list[Site]] = {}
         self._vmapped: dict[bool, Callable[..., torch.Tensor]] = {}
+        self.layers = sequential.plan(self.base, MaskedDropout)  # None: the vmap forward
         self.link(modules)
 
     def link(self, modules: Sequence[nn.Module]) -> None:
@@ -204,6 +207,10 @@ class Stack:
         """Logits ``[K, n, classes]``; ``x`` is one batch for all (``shared``) or ``[K, n, ...]``.
         In training with ``masks`` (``{}`` for a model without dropout), else in evaluation;
         ``params``: a subset of the members' stacked parameters (evaluation)."""
+        params = self.params if params is None else params
+        with self.autocast():
+            if self.layers is not None and not torch.is_autocast_enabled(x.device.type):
+                return sequential.forward(self.layers, params, masks or {}, x, shared, training=masks is not None)
         if shared not in self._vmapped:
             def call(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
                 return functional_call(self.base, (p, b), (inputs,))
@@ -211,5 +218,5 @@ class Stack:
             self._vmapped[shared] = vmap(call, in_dims=(0, 0, None if shared else 0), randomness="error")
         self.base.train(masks is not None)
         with self.autocast():
-            logits = self._vmapped[shared](self.params if params is None else params, masks or {}, x)
+            logits = self._vmapped[shared](params, masks or {}, x)
         return logits.float() if logits.dtype != torch.float32 else logits
