@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from hpplug import discovery, engine
-from hpplug.run_args import build_config
 from hpplug.pack import run_pack
+from hpplug.run_args import build_config
 
 
 def trials(out: Path, count: int, epochs: int, mode: str) -> list:

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from hpplug import discovery, engine, manager
 from hpplug import loop as training
-from hpplug.run_args import build_config
 from hpplug.console import EpochBar
+from hpplug.run_args import build_config
 from hpplug.tracking import Tracker
 
 TIMES: dict[str, float] = defaultdict(float)

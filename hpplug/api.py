@@ -32,8 +32,8 @@ def train(*, model: nn.Module | Callable[..., nn.Module] | str = "mlp",
     :class:`hpplug.HpplugError` with the command line's message.
     """
     from hpplug import discovery, engine, selection
-    from hpplug.run_args import build_config
     from hpplug.components import Splits
+    from hpplug.run_args import build_config
 
     catalog = discovery.discover()
     local: dict[str, type] = {}

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpplug import HpplugError, Model, Param, Plugin, discovery, engine, hookimpl
-from hpplug.run_args import build_config
 from hpplug.pack import STOP_REQUEST, packable, run_pack, why_not_packable
 from hpplug.pack.optim import PackedOptimizer
 from hpplug.pack.stack import Stack
+from hpplug.run_args import build_config
 from hpplug.wandb_file import find_run_files, read_run
 
 from .driver import forked

@@ -14,8 +14,8 @@ import yaml
 from wandb.sdk.launch.sweeps import utils as wandb_sweep_utils
 
 from hpplug.cli import run_command
-from hpplug.run_args import build_config
 from hpplug.manager import discover
+from hpplug.run_args import build_config
 from hpplug.sweep.checks import problems
 from hpplug.sweep.macros import args_macros, expand_command, with_envvars
 from hpplug.sweep.spec import SweepSpec, load, pretty_command, trial_values

@@ -136,8 +136,8 @@ def sweep_command(yaml_file: str | None, count: int | None, parallel: int, pack:
     command again to continue an interrupted sweep. The same YAML works with
     `wandb sweep` + `wandb agent`.
     """
-    from hpplug.run_args import split_plugin_names
     from hpplug.plugin_cache import catalog as plugin_catalog
+    from hpplug.run_args import split_plugin_names
     from hpplug.sweep import template as sweep_template
 
     # The plugins' metadata, not their classes: the runner checks and groups trials without

@@ -21,9 +21,9 @@ from typing import Any
 
 from hpplug.errors import HpplugError
 from hpplug.sweep import report
+from hpplug.sweep.records import read_summary
 from hpplug.sweep.spec import SweepSpec
 from hpplug.sweep.state import Trial
-from hpplug.sweep.records import read_summary
 from hpplug.sweep.trials import Adopted, adopt, command, environment, signal_trainers, start
 
 GRACE_S = 60.0  # how long an interrupted trial may take to checkpoint before it is killed

@@ -26,11 +26,11 @@ import click
 
 from hpplug.errors import HpplugError
 from hpplug.sweep import packing, report, state, wandb_engine
-from hpplug.sweep.suggestions import Suggestions
 from hpplug.sweep.launcher import Launcher
 from hpplug.sweep.records import ended_status, metric_value, read_history, read_summary
 from hpplug.sweep.spec import SweepSpec
 from hpplug.sweep.state import UNFINISHED, SweepState, Trial
+from hpplug.sweep.suggestions import Suggestions
 from hpplug.sweep.trials import lock_sweep
 
 

@@ -243,8 +243,8 @@ def unknown_name(name: str, catalog: dict[str, Any]) -> str | None:
 def trial_problem(values: dict[str, Any], catalog: dict[str, Any], fixed_plugins: set[str] = frozenset()) -> str | None:
     """Why ``hpplug run`` refuses these values (its option types, then its configuration
     code ``build_config``, as for a run), or None. ``fixed_plugins``: named in command."""
-    from hpplug.run_args import build_config, split_plugin_names
     from hpplug.config import OPTION_TYPES
+    from hpplug.run_args import build_config, split_plugin_names
 
     try:
         chosen = next((values[k] for k in PLUGIN_KEYS if k in values), [])

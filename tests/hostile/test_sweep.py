@@ -22,10 +22,10 @@ import pytest
 import yaml
 
 from hpplug.cli import run_command
-from hpplug.run_args import build_config
 from hpplug.config import RunConfig
 from hpplug.discovery import discover
 from hpplug.errors import HpplugError
+from hpplug.run_args import build_config
 from hpplug.sweep.checks import problems
 from hpplug.sweep.runner import Runner
 from hpplug.sweep.spec import load

@@ -13,9 +13,9 @@ import pytest
 
 from hpplug import discovery
 from hpplug.cli import run_command
-from hpplug.run_args import sweep_overrides
 from hpplug.config import WANDB_FORBIDDEN, RunConfig, WandbName
 from hpplug.errors import HpplugError
+from hpplug.run_args import sweep_overrides
 
 QUICK = ("--epochs", "1", "--wandb-mode", "disabled")
 
