@@ -16,7 +16,7 @@ from wandb.sdk.launch.sweeps import utils as wandb_sweep_utils
 from hpplug.cli import run_command
 from hpplug.manager import discover
 from hpplug.run_args import build_config
-from hpplug.sweep.checks import problems
+from hpplug.sweep.checks import problems, warnings_for
 from hpplug.sweep.macros import args_macros, expand_command, with_envvars
 from hpplug.sweep.spec import SweepSpec, load, pretty_command, trial_values
 from hpplug.sweep.template import template
@@ -138,7 +138,7 @@ parameters:
 
 def test_bad_yaml_lists_every_problem(tmp_path: Path, catalog: dict[str, Any]) -> None:
     found = problems(spec_of(tmp_path, BAD), catalog)
-    expected = ["metric: missing", "parameters.lrr: not an option of hpplug run; did you mean 'lr'?",
+    expected = ["metric: missing; tune on val/accuracy", "parameters.lrr: not an option of hpplug run; did you mean 'lr'?",
                 "parameters.lr: grid search needs values", "parameters.batch_size: 0:",
                 "parameters.cosine.eta_mni: cosine has no parameter 'eta_mni'", "parameters.dropout.p: 1.5:",
                 "unknown plugin 'cosinus'",  # the first refused value of a parameter; one line each
@@ -189,6 +189,8 @@ def test_template_is_a_valid_sweep(tmp_path: Path, catalog: dict[str, Any], meth
     text = template(catalog, plugins, method)
     spec = spec_of(tmp_path, text)
     assert problems(spec, catalog) == []
+    assert spec.raw["metric"] == {"name": "val/accuracy", "goal": "maximize"}  # never tuned on the test set
+    assert warnings_for(spec) == []
     params = spec.parameters
     assert spec.raw["method"] == method and params["plugin"] == {"value": plugins}
     assert {"lr", "batch_size", "epochs"} <= set(params)

@@ -98,7 +98,8 @@ def _setting_problems(raw: dict[str, Any]) -> list[str]:
                      "(custom schedulers run only on the W&B server)")
     metric = raw.get("metric")
     if not isinstance(metric, dict) or not isinstance(metric.get("name"), str) or not metric["name"]:
-        found.append("metric: missing; hpplug logs test/accuracy (goal: maximize), test/loss, train/loss")
+        found.append("metric: missing; tune on val/accuracy (goal: maximize) or val/loss (goal: minimize), which "
+                     "hpplug logs every epoch")
     else:
         if metric.get("goal", "minimize") not in ("minimize", "maximize"):
             found.append(f"metric.goal: {show(metric['goal'])} is not minimize or maximize")

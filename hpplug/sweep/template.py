@@ -72,7 +72,8 @@ def template(catalog: dict[str, Any], plugins: list[str], method: str = "bayes")
                 blocks.append((f"# {entry.name}.{key}", {}, note + " - left at its default"))
             else:
                 blocks.append((f"{entry.name}.{key}", block, note))
-    head = {"method": method, "metric": {"name": "test/accuracy", "goal": "maximize"}}
+    # Tune on the validation set; the test set measures the chosen setting once (README).
+    head = {"method": method, "metric": {"name": "val/accuracy", "goal": "maximize"}}
     if method == "bayes":
         head["run_cap"] = 20
     lines = [f"# Sweep template for plugins: {', '.join(plugins) or 'none'}. Run it with",
