@@ -28,11 +28,16 @@ def mlp() -> nn.Module:
                          nn.Linear(6, 4, bias=False))
 
 
+def in_place() -> nn.Module:  # no bias: a ReLU(inplace=True) changes the Linear's own output
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 7, bias=False), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                         nn.Linear(7, 4, bias=False), nn.ReLU(inplace=True))
+
+
 def tokens() -> nn.Module:  # a Linear over the last dimension of [n, seq, features]
     return nn.Sequential(nn.Linear(5, 8), nn.GELU(), nn.Linear(8, 3), nn.Flatten(start_dim=1))
 
 
-@pytest.mark.parametrize("make, sample", [(mlp, (3, 4)), (tokens, (2, 5))])
+@pytest.mark.parametrize("make, sample", [(mlp, (3, 4)), (in_place, (3, 4)), (tokens, (2, 5))])
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("training", [True, False])
 def test_the_forward_and_its_gradients_are_vmaps(make, sample, shared: bool, training: bool) -> None:
