@@ -191,6 +191,10 @@ def test_trials_pack_by_what_they_share_and_the_rest_say_why_they_run_alone(
     assert [[t.id for t in group] for group, _ in found] == [["t1", "t2", "t6"], ["t3"], ["t4"], ["t5"], ["t7"]]
     why = {group[0].id: reason for group, reason in found}
     assert why["t1"] == "" and "batch_size" in why["t3"] and "plugin sam" in why["t4"]
+    # A trial left alone by the one that could not join it says so, not that reason as its own.
+    (_, first), (_, second) = groups([trial(8, lr=0.1), trial(9, plugin=["sam"])], 2, catalog, argv, "grp")
+    assert second.startswith("plugin sam (hpplug-methods) does not support packing: it drives the optimizer step")
+    assert first == f"trial 9 cannot join it: {second}"
     assert "--lr" in why["t5"] and why["t7"] == "its command is not hpplug run"
 
 

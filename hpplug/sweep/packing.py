@@ -110,8 +110,8 @@ def groups(trials: list[Trial], size: int, catalog: dict[str, Any], command_of: 
                     pack.append(trial)
                     specs.append(spec)
                     break
-                if entry[2] == ALONE:  # the reason this one alone met: the same for the other
-                    entry[2] = why
+                if entry[2] == ALONE:  # why the trial waiting there stays alone: this one cannot join it
+                    entry[2] = f"trial {trial.number} cannot join it: {why}"
         else:
             problem = why_not_packable([spec])
             found.append([[trial], [] if problem else [spec], problem or why])
