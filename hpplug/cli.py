@@ -39,7 +39,7 @@ def _plugin_options(catalog: dict[str, Any]) -> dict[str, list[click.Option]]:
     for name, entry in sorted(catalog.items()):
         if not entry.active:
             continue
-        for key, param in entry.info.params.items():
+        for key, param in entry.params.items():
             default = "unset" if param.default is None else param.default
             options.setdefault(name, []).append(click.Option(
                 [f"--{name}.{key}", f"{name.replace('-', '_')}__{key}"], type=click.STRING, default=None,

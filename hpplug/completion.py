@@ -27,7 +27,7 @@ def items(catalog: dict[str, Any], incomplete: str, kinds: tuple[str, ...] | Non
         kind = entry.kind_name
         if not entry.active or (kinds is not None and kind not in kinds) or kind in exclude:
             continue
-        choices = [name] + ([f"{name}/"] if entry.info.variant else [])
+        choices = [name] + ([f"{name}/"] if entry.variant else [])
         out += [CompletionItem(prefix + c, help=kind) for c in choices if c.startswith(typed)]
     return out
 

@@ -23,15 +23,14 @@ def describe(entry: Any) -> dict[str, Any]:
     info = entry.info
     return {"name": entry.name, "status": entry.status, "kind": entry.kind_name,
             "distribution": entry.distribution, "version": entry.version, "builtin": entry.builtin,
-            "hooks": entry.hooks, "params": [param_json(k, p) for k, p in info.params.items()] if info else [],
+            "hooks": entry.hooks, "params": [param_json(k, p) for k, p in entry.params.items()],
             "slot": info.slot if info is not None else None, "error": entry.error}
 
 
 def param_lines(entry: Any) -> list[str]:
     """``--name.param  type = default  (range in words)  help``, one per parameter."""
-    params = entry.info.params if entry.info is not None else {}
     return [f"--{entry.name}.{key}  {p.type_name} = {p.default!r}  ({p.describe_range()})  {p.help}"
-            for key, p in params.items()]
+            for key, p in entry.params.items()]
 
 
 def show_one(entry: Any, as_json: bool) -> None:

@@ -66,7 +66,7 @@ def _plugin_values(catalog: dict[str, Any], kwargs: dict[str, Any]) -> dict[str,
     for name, entry in catalog.items():
         if not entry.active:
             continue
-        for key in entry.info.params:
+        for key in entry.params:
             value = kwargs.pop(f"{name.replace('-', '_')}__{key}", None)
             if value is not None:
                 raw.setdefault(name, {})[key] = value
