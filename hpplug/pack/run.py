@@ -43,9 +43,10 @@ def run_pack(members: Sequence[MemberSpec], *, show_progress: bool = False, down
         raise HpplugError(f"these trials cannot train as one pack: {problem}")
     notices.new_run()  # a plugin's warning is said once per pack
     results: list[RunResult | None] = [None] * len(members)
-    order = sorted(range(len(members)), key=lambda i: start_update(members[i]))
+    starts = [start_update(m) for m in members]  # each reads its checkpoint's manifest
+    order = sorted(range(len(members)), key=starts.__getitem__)
     signum: int | None = None
-    for _, same in groupby(order, key=lambda i: start_update(members[i])):
+    for _, same in groupby(order, key=starts.__getitem__):
         indices = list(same)
         if signum is not None:  # a signal ended the set before: the rest wait, untouched
             for i in indices:

@@ -86,23 +86,24 @@ def groups(trials: list[Trial], size: int, catalog: dict[str, Any], command_of: 
     argv, ``group`` the sweep's W&B group."""
     from hpplug.pack import start_update, why_not_packable
 
-    found: list[list[Any]] = []  # [trials, their member specs, why the first would run alone]
+    found: list[list[Any]] = []  # [trials, their member specs, why the first would run alone, their start update]
     for trial in trials:
         try:
             spec = member_of(catalog, command_of(trial), trial, group)
         except HpplugError as exc:  # it runs alone, and fails there with this reason in its log
-            found.append([[trial], [], str(exc)])
+            found.append([[trial], [], str(exc), None])
             continue
         if spec is None:
-            found.append([[trial], [], "its command is not hpplug run"])
+            found.append([[trial], [], "its command is not hpplug run", None])
             continue
+        start = start_update(spec)  # reads its checkpoint's manifest: once per trial
         why = ALONE
         for entry in found:
             pack, specs = entry[0], entry[1]
             if specs and len(pack) < size:
                 # Members step in lockstep: a trial resumed at update 300 and a new one do not
                 # share a process (run_pack would train them in turns, one signal for both).
-                starts = {start_update(s) for s in (specs[0], spec)}
+                starts = {entry[3], start}
                 why = why_not_packable([*specs, spec]) or (
                     f"the trials start from different updates ({', '.join(map(str, sorted(starts)))})"
                     if len(starts) > 1 else "")
@@ -114,5 +115,5 @@ def groups(trials: list[Trial], size: int, catalog: dict[str, Any], command_of: 
                     entry[2] = f"trial {trial.number} cannot join it: {why}"
         else:
             problem = why_not_packable([spec])
-            found.append([[trial], [] if problem else [spec], problem or why])
-    return [(pack, "" if len(pack) > 1 else why) for pack, _, why in found]
+            found.append([[trial], [] if problem else [spec], problem or why, start])
+    return [(pack, "" if len(pack) > 1 else why) for pack, _, why, _ in found]
