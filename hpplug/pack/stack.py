@@ -211,12 +211,15 @@ class Stack:
         with self.autocast():
             if self.layers is not None and not torch.is_autocast_enabled(x.device.type):
                 return sequential.forward(self.layers, params, masks or {}, x, shared, training=masks is not None)
+            self.base.train(masks is not None)
+            logits = self._vmapped_forward(shared)(params, masks or {}, x)
+        return logits.float() if logits.dtype != torch.float32 else logits
+
+    def _vmapped_forward(self, shared: bool) -> Callable[..., torch.Tensor]:
+        """``functional_call(base)`` vectorized over the members, built once per input kind."""
         if shared not in self._vmapped:
             def call(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
                 return functional_call(self.base, (p, b), (inputs,))
 
             self._vmapped[shared] = vmap(call, in_dims=(0, 0, None if shared else 0), randomness="error")
-        self.base.train(masks is not None)
-        with self.autocast():
-            logits = self._vmapped[shared](params, masks or {}, x)
-        return logits.float() if logits.dtype != torch.float32 else logits
+        return self._vmapped[shared]
