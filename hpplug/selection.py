@@ -125,6 +125,8 @@ def model_class(label: str, factory: Any) -> type:
 
     class UserModel(Model):
         __doc__ = f"The model {label} (your code)."
+        # Built per trial and stacked; one a pack cannot vectorize is trained alone (PackRefused).
+        packable = True
 
         def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
             if isinstance(factory, nn.Module):

@@ -146,10 +146,25 @@ class Doubler(Plugin):
 
 
 class NormNet(Model):
+    """A small CNN with batch norm (running statistics: buffers a pack stacks as weights) in
+    both of its kinds, and dropout."""
+
     packable = True
 
     def build(self, input_shape, num_classes):
-        return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, num_classes))
+        channels, height, width = input_shape
+        return nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                             nn.Dropout(), nn.Linear(4 * height * width, 16), nn.BatchNorm1d(16), nn.ReLU(),
+                             nn.Linear(16, num_classes))
+
+
+class NoisyNet(Model):
+    """Channel dropout draws its own masks: a layer a pack does not draw for."""
+
+    packable = True
+
+    def build(self, input_shape, num_classes):
+        return nn.Sequential(nn.Dropout2d(0.2), nn.Flatten(), nn.Linear(64, num_classes))
 
 
 class Unpacked(Plugin):
@@ -169,7 +184,8 @@ class Driver(Plugin):
 @pytest.fixture
 def plugins(hpplug_register):
     for name, cls in [("requester", Requester), ("stopper", Stopper), ("boom", Boom), ("signaller", Signaller),
-                      ("doubler", Doubler), ("fussy", Fussy), ("normnet", NormNet), ("unpacked", Unpacked),
+                      ("doubler", Doubler), ("fussy", Fussy), ("normnet", NormNet), ("noisynet", NoisyNet),
+                      ("unpacked", Unpacked),
                       ("driver", Driver)]:
         hpplug_register(name, cls)
 
@@ -268,8 +284,11 @@ def test_which_trials_share_a_pack(tmp_path, plugins, monkeypatch):
         "driver": [m("a", ["driver"])],
         "fp16": [m("a", mixed_precision="fp16")],
         "same record": [m("a"), m("a", lr=0.5)],
-        "does not support packing": [member(tmp_path, "a", [], model="tests_pack_user_model:Net")],
+        "model": [m("a"), member(tmp_path, "b", [], model="tests_pack_user_model:Net")],
     }
+    # Your own model packs as a built-in one does (one a pack cannot train is trained alone: PackRefused).
+    assert why_not_packable([member(tmp_path, "a", [], model="tests_pack_user_model:Net"),
+                             member(tmp_path, "b", [], model="tests_pack_user_model:Net", lr=0.3)]) is None
     for expected, trials in refusals.items():
         line = why_not_packable(trials)
         assert line is not None and expected in line and "\n" not in line, (expected, line)
@@ -393,8 +412,38 @@ def test_what_the_members_share_failing_fails_each_run_in_one_line(tmp_path, plu
     for r in results[1:]:
         assert r.status == "failed" and "changed batch_size" in r.summary["error"]
         assert summary(r.record_dir)["error"] == r.summary["error"]
-    results = run_pack([member(tmp_path, f"n{i}", model="normnet") for i in range(2)])
-    assert all(r.status == "failed" and "buffers" in r.summary["error"] for r in results)
+    results = run_pack([member(tmp_path, f"n{i}", model="noisynet") for i in range(2)])
+    assert all(r.status == "failed" and "Dropout2d" in r.summary["error"] for r in results)
+
+
+def test_batch_norm_members_train_and_keep_their_running_statistics_as_alone(tmp_path, plugins, monkeypatch):
+    """A CNN with batch norm: each member normalizes by its own batch in training, updates
+    its own running statistics (buffers, stacked like the weights) and evaluates with them;
+    its checkpoint holds them as alone, and a member that leaves early keeps its own."""
+    specs = lambda out: [  # noqa: E731
+        member(out, "a", ["dropout"], {"dropout": {"p": 0.3}}, model="normnet", lr=0.2, seed=1, log_every=1,
+               epochs=2, checkpoint_every="1epoch"),
+        member(out, "b", ["dropout", "cosine"], model="normnet", lr=0.05, momentum=0.9, seed=2, log_every=1,
+               epochs=2, checkpoint_every="1epoch"),
+        member(out, "c", ["dropout", "stopper"], {"stopper": {"after": 1}}, model="normnet", lr=0.1, seed=3,
+               log_every=1, epochs=2, checkpoint_every="1epoch"),
+    ]
+    packed = run_pack(specs(tmp_path / "pack"))
+    assert [r.status for r in packed] == ["finished", "finished", "stopped"]
+    single = [alone(spec, tmp_path / "alone", monkeypatch) for spec in specs(tmp_path / "alone")]
+    for p, s in zip(packed, single):
+        assert_trains_alike(p.record_dir, s.record_dir, updates_per_epoch=21)
+        assert abs(p.summary["val/accuracy"] - s.summary["val/accuracy"]) <= 0.005
+        mine, theirs = weights(p.record_dir), weights(s.record_dir)
+        norms = sorted(name.rpartition(".")[0] for name in mine if name.endswith(".running_mean"))
+        assert sorted(mine) == sorted(theirs) and len(norms) == 2
+        for norm in norms:
+            assert int(mine[f"{norm}.num_batches_tracked"]) == int(theirs[f"{norm}.num_batches_tracked"]) \
+                == p.summary["updates"]
+            for stat in ("running_mean", "running_var"):
+                assert torch.allclose(mine[f"{norm}.{stat}"], theirs[f"{norm}.{stat}"], rtol=1e-3, atol=1e-5), \
+                    (p.run_id, norm, stat)
+    assert len({tuple(weights(p.record_dir)[f"{norms[0]}.running_mean"].tolist()) for p in packed}) == 3
 
 
 # --- signals, kills and resume -------------------------------------------------------------

@@ -26,7 +26,7 @@ from hpplug import HpplugError, Param, Plugin, discovery, engine, hookimpl
 from hpplug.errors import PluginError
 from hpplug.pack import packable, run_pack, why_not_packable
 
-from .test_pack import VOLATILE, Boom, Signaller, alone, in_child, member, rows, summary, weights
+from .test_pack import VOLATILE, Boom, NormNet, Signaller, alone, in_child, member, rows, summary, weights
 
 METHODS = ("ema", "swa", "grad-clip", "early-stopping", "mixup", "cutmix", "cutout")
 EPOCHS = {"epochs": 2, "log_every": 1, "checkpoint_every": "1epoch"}
@@ -125,6 +125,25 @@ def test_swa_members_anneal_average_and_keep_their_own_mean(tmp_path, monkeypatc
     late, early = pack_against_alone(tmp_path, monkeypatch, specs, [("late", "finished"), ("early", "finished")])
     assert {r["lr"] for r in rows(early.record_dir) if "lr" in r} == {0.05}, "SWALR held the LR in effect"
     assert {r["lr"] for r in rows(late.record_dir) if "lr" in r and r["step"] > 21} == {0.05}, "SWALR took it to lr"
+
+
+@pytest.fixture
+def normnet(hpplug_register):
+    hpplug_register("normnet", NormNet)
+
+
+def test_weight_averages_of_batch_norm_members_keep_their_own_statistics(tmp_path, monkeypatch, normnet):
+    """A CNN with batch norm: ema averages each member's running statistics with its weights
+    (``use_buffers``) and swaps them in for evaluations; swa's end recomputes them
+    (``update_bn``) on the member's own module, whose buffers are its slice of the stacked
+    ones. Every logged value and the final weights and statistics as alone."""
+    specs = lambda out: [  # noqa: E731
+        member(out, "ema", ["ema", "dropout"], {"ema": {"decay": 0.9}, "dropout": {"p": 0.2}}, model="normnet",
+               lr=0.1, seed=1, **EPOCHS),
+        member(out, "swa", ["swa", "dropout"], {"swa": {"start": 0.5, "anneal_epochs": 0}}, model="normnet",
+               lr=0.05, seed=2, **EPOCHS),
+    ]
+    pack_against_alone(tmp_path, monkeypatch, specs, [("ema", "finished"), ("swa", "finished")])
 
 
 def test_grad_clip_members_clip_their_own_gradients_and_log_their_norms(tmp_path, monkeypatch, boom):

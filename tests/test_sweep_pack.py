@@ -318,3 +318,51 @@ def test_the_runner_of_a_packed_sweep_imports_no_torch_and_no_wandb(tmp_path: Pa
     trials = json.loads(Path("sw/sweep.json").read_text())["trials"]
     assert [(t["pack"], t["status"]) for t in trials] == [(1, "finished")] * 2
     assert len(find_run_files(Path("sw/runs/wandb"))) == 2  # W&B ran, in the pack process
+
+
+@pytest.mark.slow
+def test_your_own_models_pack_and_one_a_pack_cannot_train_runs_alone(tmp_path: Path) -> None:
+    """``--model mycode:...`` packs like a built-in model. A model the pack finds it cannot
+    train as one (here channel dropout, known once built) does not fail its trials: each
+    is trained alone next, says why, and its packed attempt is kept in its record."""
+    (tmp_path / "mycode.py").write_text((Path(__file__).parent / "files" / "mycode.py").read_text())
+    path = write_yaml(tmp_path / "own.yaml", {"epochs": {"value": 1}, "wandb_mode": {"value": "disabled"},
+                                              "model": {"values": ["mycode:Net", "mycode:noisy"]},
+                                              "lr": {"values": [0.05, 0.1]}})
+    lines, trials = sweep(path, "sw", "--pack", "4", "--parallel", "1")
+    assert [t["status"] for t in trials] == ["finished"] * 4, lines
+    net = [t for t in trials if t["values"]["model"] == "mycode:Net"]
+    noisy = [t for t in trials if t["values"]["model"] == "mycode:noisy"]
+    assert {t["pack"] for t in net} == {1} and [summary(t)["pack/size"] for t in net] == [2, 2]
+    for t in noisy:
+        assert t["pack"] is None and t["attempts"] == 2 and "Dropout2d" in t["alone"]
+        assert any(line.startswith(f"trial {t['number']} {t['id']}: its pack could not train it: layer ")
+                   and line.endswith("it runs alone next") for line in lines), lines
+        kept = json.loads((Path(t["record"]) / "attempts" / "1" / "summary.json").read_text())
+        assert kept["status"] == "failed" and kept["pack/refused"] is True and kept["updates"] == 0
+        assert summary(t)["status"] == "finished" and "pack/size" not in summary(t)
+
+
+def test_a_rerun_trains_alone_a_member_whose_pack_could_not_train_it(tmp_path: Path) -> None:
+    """A runner killed before it saw a pack's refusal: the next one reads it from the
+    member's summary, queues the trial first and never packs it again."""
+    from hpplug.sweep.runner import Runner
+    from hpplug.sweep.spec import load
+
+    spec, _ = load(write_yaml(tmp_path / "r.yaml", {"epochs": {"value": 1}, "lr": {"values": [0.1, 0.2]}}))
+    runner = Runner(spec, tmp_path / "sw", pack=2, echo=lambda line: None)
+    runner.load()
+    first, second = runner.next.new_trial(), runner.next.new_trial()
+    for trial in (first, second):
+        trial.status, trial.pack, trial.launched = "running", 1, time.time() - 5
+        trial.record_dir.mkdir(parents=True)
+    (first.record_dir / "summary.json").write_text(json.dumps(
+        {"status": "failed", "updates": 0, "error": "layer 0 (Dropout2d) draws random numbers", "pack/refused": True}))
+    (second.record_dir / "summary.json").write_text(json.dumps({"status": "failed", "updates": 0, "error": "boom"}))
+    runner.pick_up()
+    assert first.alone == "layer 0 (Dropout2d) draws random numbers" and second.alone is None
+    assert runner.next.queue[0] is first and first.status == "interrupted"
+    from hpplug.sweep.packing import groups
+
+    found = groups(list(runner.next.queue), 2, runner.plugins(), runner.procs.command, "g")
+    assert [([t.id for t in group], why) for group, why in found][0] == ([first.id], "its pack could not train it")

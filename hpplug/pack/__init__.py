@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpplug.pack.support import STOP_REQUEST, MemberSpec, packable, start_update, why_not_packable
+from hpplug.pack.support import REFUSED, STOP_REQUEST, MemberSpec, PackRefused, packable, start_update, why_not_packable
 
-__all__ = ["MemberSpec", "STOP_REQUEST", "packable", "run_pack", "start_update", "why_not_packable"]
+__all__ = ["MemberSpec", "PackRefused", "REFUSED", "STOP_REQUEST", "packable", "run_pack", "start_update",
+           "why_not_packable"]
 
 
 def __getattr__(name: str) -> Any:

@@ -27,8 +27,6 @@ def evaluate(pack: Pack, members: list[Member], source: Source, split: str, metr
     members = [m for m in members if m.exit is None]
     if members:
         rows = [pack.members.index(m) for m in members]
-        params = None if rows == list(range(len(pack.members))) else \
-            {name: stacked.detach()[rows] for name, stacked in pack.stack.params.items()}
         groups = by_batch(members, train=False)
         sums = torch.zeros(len(members), 3, device=pack.device, dtype=torch.float64)
         share = torch.arange(len(source))
@@ -42,7 +40,7 @@ def evaluate(pack: Pack, members: list[Member], source: Source, split: str, metr
                     batch.x, batch.y = batch.x.to(pack.device), batch.y.to(pack.device)
                     made.update((m, batch) for m in group)
                 inputs, targets, shared = assemble(members, made.__getitem__)
-                logits = pack.stack.forward(inputs, shared, params=params)
+                logits = pack.stack.forward(inputs, shared, rows=rows)
                 losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(0, 1), reduction="none")
                 sums[:, 0] += losses.view(logits.shape[:2]).sum(1).double()
                 sums[:, 1] += (logits.argmax(-1) == labels(targets)).sum(1)

@@ -30,7 +30,7 @@ from hpplug.errors import HpplugError, summary_fields
 from hpplug.feed import RunData
 from hpplug.loop import Loop
 from hpplug.pack.rng import MemberRng
-from hpplug.pack.support import STOP_REQUEST, MemberSpec
+from hpplug.pack.support import REFUSED, STOP_REQUEST, MemberSpec, PackRefused
 from hpplug.plugin import Plugin
 from hpplug.tracking import Tracker, resolve_mode
 
@@ -168,6 +168,8 @@ class Member:
             summary.update(summary_fields(error))
         if self.pack_size:
             summary["pack/size"] = self.pack_size
+        if isinstance(error, PackRefused):  # a sweep trains it alone next
+            summary[REFUSED] = True
         hint, record_dir = None, Path(self.config.output_dir) / self.run_id
         if self.tracker is not None:  # it records the end only of a record it opened
             try:

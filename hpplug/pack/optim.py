@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from hpplug.errors import HpplugError
+from hpplug.pack.support import PackRefused
 from hpplug.pack.stack import Stack
 
 # Group options a pack does not vectorize: refused unless every member leaves them off.
@@ -138,11 +138,11 @@ def _group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor, name: str) 
         if any(p is param for p in group["params"]):
             unsupported = [key for key in UNSUPPORTED if group.get(key)]
             if unsupported:
-                raise HpplugError(f"the optimizer's group of {name} sets {unsupported[0]}, which a pack does not "
-                                  "support: train these trials without --pack")
+                raise PackRefused(f"the optimizer's group of {name} sets {unsupported[0]}, which a pack does not "
+                                  "support")
             return group
-    raise HpplugError(f"parameter {name} is in none of the optimizer's groups (hpplug_param_groups): a pack "
-                      "trains every parameter; train these trials without --pack")
+    raise PackRefused(f"parameter {name} is in none of the optimizer's groups (hpplug_param_groups): a pack "
+                      "trains every parameter")
 
 
 def _stacked_state(states: Sequence[dict[str, Any]], like: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
@@ -151,13 +151,13 @@ def _stacked_state(states: Sequence[dict[str, Any]], like: torch.Tensor, kind: s
     if not keys:
         return {}
     if kind != "sgd" and not all("step" in s for s in states):
-        raise HpplugError("the members' optimizer states are not at the same step: train them without --pack")
+        raise PackRefused("the members' optimizer states are not at the same step")
     out = {}
     for key in keys:
         if key == "step":
             out[key] = torch.tensor([float(s["step"]) for s in states], dtype=torch.float32)
             if len(set(out[key].tolist())) > 1:
-                raise HpplugError("the members' optimizer states are not at the same step: train them without --pack")
+                raise PackRefused("the members' optimizer states are not at the same step")
         else:
             out[key] = torch.stack([s[key].to(like.device, like.dtype) if key in s else torch.zeros_like(like[0])
                                     for s in states])

@@ -7,6 +7,7 @@ that member only (:meth:`Pack.own`).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,9 @@ from hpplug.feed import RunData
 from hpplug.pack.member import Member
 from hpplug.pack.optim import PackedOptimizer
 from hpplug.pack.stack import Stack
+
+# Hooks at the edges of training and evaluation (once per member and phase, not per update).
+PHASE_HOOKS = frozenset({"hpplug_train_start", "hpplug_train_end", "hpplug_evaluation_start", "hpplug_evaluation_end"})
 
 
 class Pack:
@@ -56,9 +60,12 @@ class Pack:
 
     def model_hook(self, m: Member, name: str, stepping: bool = False, **kwargs: Any) -> None:
         """Call hook ``name`` of ``m`` with its module as the model (within :meth:`own`), its
-        weights and gradients stacked again if it replaced one (``Stack.replaced``)."""
+        weights and gradients stacked again if it replaced one (``Stack.replaced``). A hook
+        at a phase's edge runs with the member's global random state installed: a forward
+        in training mode there (swa's ``update_bn``) draws dropout masks from it as alone;
+        hooks of every update draw from ``batch.generator`` only (``hpplug.pack.support``)."""
         hook = getattr(m.loop.hook, name)
-        with self.own(m):
+        with self.own(m), m.rng.installed(keep=True) if name in PHASE_HOOKS else contextlib.nullcontext():
             hook(model=m.module, progress=m.loop.progress, **kwargs)
             if hook.get_hookimpls() and self.stack.replaced(self.members.index(m), stepping):
                 self.relink()

@@ -43,12 +43,16 @@ class MemberRng:
         self.generator.set_state(_device_state(self.device))
 
     @contextmanager
-    def installed(self) -> Iterator[None]:
-        """The global generators hold this member's state inside (for a checkpoint)."""
+    def installed(self, keep: bool = False) -> Iterator[None]:
+        """The global generators hold this member's state inside: for a checkpoint, or
+        (``keep``) for plugin code that draws from them, what it drew then advancing the
+        member's state as it advances the run's alone."""
         outside = runstate.rng_state()
         runstate.set_rng(self.saved)
         _set_device_state(self.device, self.generator.get_state())
         try:
             yield
         finally:
+            if keep:
+                self.capture()
             runstate.set_rng(outside)

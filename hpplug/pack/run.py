@@ -30,7 +30,7 @@ from hpplug.errors import HpplugError
 from hpplug.loop import Stopped
 from hpplug.pack.member import Member, one_working_set
 from hpplug.pack.packed import Pack
-from hpplug.pack.support import SHARED, MemberSpec, start_update, why_not_packable
+from hpplug.pack.support import SHARED, MemberSpec, PackRefused, start_update, why_not_packable
 from hpplug.pack.train import fit
 
 
@@ -125,8 +125,8 @@ def _setup(members: list[Member], accelerator: Any, download: bool) -> Pack | No
     before = torch.get_rng_state()
     data = engine.load_data(first.config, first.dataset, accelerator, download)
     if not torch.equal(before, torch.get_rng_state()):
-        raise HpplugError("the data set draws from torch's global random generator while it loads, so a packed "
-                          "trial would not start as it does alone: train these trials without --pack")
+        raise PackRefused("the data set draws from torch's global random generator while it loads, so a packed "
+                          "trial would not start as it does alone")
     for m in alive:
         try:
             m.prepare(accelerator, data)
@@ -138,10 +138,10 @@ def _setup(members: list[Member], accelerator: Any, download: bool) -> Pack | No
     for m in alive:
         changed = [name for name, value in shared.items() if getattr(m.config, name) != value]
         if changed:
-            raise HpplugError(f"a plugin's hpplug_adjust_config changed {changed[0]} of trial {m.run_id}, which the "
-                              "trials of a pack share: train these trials without --pack")
+            raise PackRefused(f"a plugin's hpplug_adjust_config changed {changed[0]} of trial {m.run_id}, which the "
+                              "trials of a pack share")
     if len({(m.loop.progress.update, m.loop.progress.epoch) for m in alive}) > 1:
-        raise HpplugError("the trials' checkpoints are at different updates: train them without --pack")
+        raise PackRefused("the trials' checkpoints are at different updates")
     precision = first.config.mixed_precision
     device = accelerator.device.type
 

@@ -1,17 +1,20 @@
 """The members' models as one: parameters stacked ``[K, ...]``, one forward for all of them.
 
 Each member keeps its own module, built, seeded and adjusted exactly as alone; its
-parameters become views of its slice of the stacked tensors, and its gradients views of
-theirs. What a hook reads or changes in a member's model (a weight average, a gradient
-clip, a checkpoint, a resume) is the packed state itself; after a hook that replaces a
-weight or a gradient instead (``p.data = ...``, ``p.grad = ...``) they are stacked again
-(:meth:`Stack.replaced`).
+parameters become views of its slice of the stacked tensors, its gradients views of
+theirs, and its buffers (batch norm's running statistics) views of stacked buffers, which
+the vectorized forward updates per member as each one's forward does alone. What a hook
+reads or changes in a member's model (a weight average, a gradient clip, ``update_bn``, a
+checkpoint, a resume) is the packed state itself; after a hook that replaces a weight, a
+gradient or a buffer instead (``p.data = ...``, ``p.grad = ...``) they are stacked again
+(:meth:`Stack.replaced`). What the stack cannot take (another random layer, frozen
+weights, an operation vmap cannot batch in the first forward) raises ``PackRefused``.
 
 The forward is ``vmap(functional_call(base, ...))`` over the members: ``base`` is a copy of
 the first member's module on the meta device whose ``nn.Dropout`` layers take their masks
 as inputs (:class:`MaskedDropout`); a plain ``nn.Sequential`` MLP in full precision runs
-:mod:`hpplug.pack.sequential`'s forward instead (the same arithmetic, faster gradients). Masks are drawn per member from its own generator
-(:mod:`hpplug.pack.rng`), layer by layer in the order the forward calls them, exactly as
+:mod:`hpplug.pack.sequential`'s forward instead (the same arithmetic, faster gradients).
+Masks are drawn per member from its own generator (:mod:`hpplug.pack.rng`), layer by layer in the order the forward calls them, exactly as
 ``F.dropout`` draws them alone (``bernoulli_(1 - p)`` then ``div_(1 - p)``). Any other
 random operation inside the forward fails (``randomness="error"``) instead of drawing
 numbers that no run alone would draw.
@@ -28,7 +31,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from hpplug.errors import HpplugError
+from hpplug.errors import one_line
+from hpplug.pack.support import PackRefused
 from hpplug.pack import sequential
 
 # Modules that draw random numbers in training, other than nn.Dropout: not packed (yet).
@@ -60,20 +64,16 @@ def check_alike(modules: Sequence[nn.Module]) -> None:
     first = modules[0]
     for name, module in first.named_modules():
         if isinstance(module, RANDOM):
-            raise HpplugError(f"layer {name or 'model'} ({type(module).__name__}) draws random numbers in training; "
-                              "a pack draws only nn.Dropout's: train these trials without --pack")
-    if any(True for _ in first.buffers()):
-        name = next(n for n, _ in first.named_buffers())
-        raise HpplugError(f"the model has buffers ({name}: batch norm?), which a pack cannot stack yet: "
-                          "train these trials without --pack")
+            raise PackRefused(f"layer {name or 'model'} ({type(module).__name__}) draws random numbers in training; "
+                              "a pack draws only nn.Dropout's")
     layout = _layout(first)
     for other in modules[1:]:
         if _layout(other) != layout:
-            raise HpplugError("the trials' models differ in their layers or parameter shapes once built; "
-                              "a pack needs one architecture: train them without --pack")
+            raise PackRefused("the trials' models differ in their layers or parameter shapes once built; "
+                              "a pack needs one architecture")
     frozen = [n for n, p in first.named_parameters() if not p.requires_grad]
     if frozen:
-        raise HpplugError(f"parameter {frozen[0]} is frozen (requires_grad=False), which a pack does not support")
+        raise PackRefused(f"parameter {frozen[0]} is frozen (requires_grad=False), which a pack does not support")
 
 
 def _grad(p: torch.Tensor) -> torch.Tensor:
@@ -83,7 +83,8 @@ def _grad(p: torch.Tensor) -> torch.Tensor:
 
 def _layout(module: nn.Module) -> list[Any]:
     return ([(n, type(m)) for n, m in module.named_modules()]
-            + [(n, tuple(p.shape), p.dtype) for n, p in module.named_parameters()])
+            + [(n, tuple(p.shape), p.dtype) for n, p in module.named_parameters()]
+            + [(n, tuple(b.shape), b.dtype) for n, b in module.named_buffers()])
 
 
 def _base(module: nn.Module) -> nn.Module:
@@ -105,9 +106,11 @@ class Stack:
         self.names = [name for name, _ in modules[0].named_parameters()]
         self.autocast = autocast
         self.params: dict[str, torch.Tensor] = {}
+        self.buffers: dict[str, torch.Tensor] = {}  # batch norm's running statistics, ...: [K, ...] too
         self.modules: list[nn.Module] = []
         self._sites: dict[tuple[int, ...], list[Site]] = {}
         self._vmapped: dict[bool, Callable[..., torch.Tensor]] = {}
+        self._proven = False  # a vectorized forward went through: a later failure is not the model's shape
         self.layers = sequential.plan(self.base, MaskedDropout)  # None: the vmap forward
         self.link(modules)
 
@@ -127,6 +130,13 @@ class Stack:
                     own[name].grad = stacked.grad[k]
                     self.views[k].append((name, own[name], stacked.data[k], stacked.grad[k]))
                 self.params[name] = stacked
+            self.buffers = {}
+            for name, _ in modules[0].named_buffers():
+                stacked = torch.stack([m.get_buffer(name).detach() for m in modules])
+                owner, _, leaf = name.rpartition(".")
+                for k, m in enumerate(modules):
+                    setattr(m.get_submodule(owner), leaf, stacked[k])  # a registered buffer: replaced in place
+                self.buffers[name] = stacked
         self.p = {name: [m.get_submodule(name).p for m in modules] for name in self._dropout_names()}
 
     def replaced(self, k: int, stepping: bool = False) -> bool:
@@ -138,11 +148,13 @@ class Stack:
         found = False
         for name, p, weight, grad in self.views[k]:
             if p.grad is None and stepping:
-                raise HpplugError(f"a plugin set the gradient of {name} to None before the optimizer step "
+                raise PackRefused(f"a plugin set the gradient of {name} to None before the optimizer step "
                                   "(zero_grad()?): torch would not step that weight, which a pack cannot leave out "
-                                  "for one trial: train it without --pack")
+                                  "for one trial")
             found = found or p.data_ptr() != weight.data_ptr() or p.grad is None or p.grad.data_ptr() != grad.data_ptr()
-        return found
+        module = self.modules[k]
+        return found or any(module.get_buffer(name).data_ptr() != stacked[k].data_ptr()
+                            for name, stacked in self.buffers.items())
 
     def _dropout_names(self) -> list[str]:
         return [name for name, layer in self.base.named_modules() if isinstance(layer, MaskedDropout)]
@@ -179,8 +191,8 @@ class Stack:
                     hook.remove()
             names = [site.name for site in found]
             if len(set(names)) != len(names) or set(names) != set(self.p):
-                raise HpplugError("a dropout layer of the model is called more than once, or not at all, in one "
-                                  "forward; a pack draws one mask per layer and forward: train without --pack")
+                raise PackRefused("a dropout layer of the model is called more than once, or not at all, in one "
+                                  "forward; a pack draws one mask per layer and forward")
             self._sites[sample] = found
         return self._sites[sample]
 
@@ -203,16 +215,27 @@ class Stack:
 
     # --- forward ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, shared: bool, masks: dict[str, torch.Tensor] | None = None,
-                params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                rows: list[int] | None = None) -> torch.Tensor:
         """Logits ``[K, n, classes]``; ``x`` is one batch for all (``shared``) or ``[K, n, ...]``.
-        In training with ``masks`` (``{}`` for a model without dropout), else in evaluation;
-        ``params``: a subset of the members' stacked parameters (evaluation)."""
-        params = self.params if params is None else params
+        In training with ``masks`` (``{}`` for a model without dropout), which updates the
+        members' buffers (batch norm's running statistics) as alone; else in evaluation, of
+        the members ``rows`` only when given."""
+        params, buffers = self.params, self.buffers
+        if rows is not None and rows != list(range(len(self))):
+            params = {name: stacked.detach()[rows] for name, stacked in params.items()}
+            buffers = {name: stacked[rows] for name, stacked in buffers.items()}
         with self.autocast():
             if self.layers is not None and not torch.is_autocast_enabled(x.device.type):
                 return sequential.forward(self.layers, params, masks or {}, x, shared, training=masks is not None)
             self.base.train(masks is not None)
-            logits = self._vmapped_forward(shared)(params, masks or {}, x)
+            try:
+                logits = self._vmapped_forward(shared)(params, {**buffers, **(masks or {})}, x)
+            except Exception as exc:  # noqa: BLE001 - an operation vmap cannot batch (.item(), control flow, ...)
+                if self._proven:
+                    raise
+                raise PackRefused(f"the model cannot run as one vectorized model (torch.func.vmap): "
+                                  f"{type(exc).__name__}: {one_line(exc)}") from exc
+            self._proven = True
         return logits.float() if logits.dtype != torch.float32 else logits
 
     def _vmapped_forward(self, shared: bool) -> Callable[..., torch.Tensor]:

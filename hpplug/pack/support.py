@@ -21,9 +21,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpplug.discovery import hooks_of
+from hpplug.errors import HpplugError
 
 # A file a sweep runner writes into a member's record to stop it early (hpplug.pack.member).
 STOP_REQUEST = "stop-request"
+# In a member's summary: it failed because the pack could not train it (PackRefused).
+REFUSED = "pack/refused"
+
+
+class PackRefused(HpplugError):
+    """What a pack finds only once its members are built or training (their models'
+    layers, their optimizer groups, a plugin's change): it cannot train them as one. The
+    trial is not at fault: a sweep runner trains it alone next (its summary says
+    :data:`REFUSED`)."""
 
 # (config, entries, run id, record folder to resume or None): what hpplug.engine.run takes.
 if TYPE_CHECKING:
@@ -47,7 +57,6 @@ def start_update(spec: MemberSpec) -> int:
     if spec[3] is None:
         return 0
     from hpplug import checkpoint_files as checkpoint
-    from hpplug.errors import HpplugError
 
     try:
         return int(checkpoint.latest(Path(spec[3])).manifest.get("update", -1))

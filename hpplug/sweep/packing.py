@@ -88,6 +88,9 @@ def groups(trials: list[Trial], size: int, catalog: dict[str, Any], command_of: 
 
     found: list[list[Any]] = []  # [trials, their member specs, why the first would run alone, their start update]
     for trial in trials:
+        if trial.alone is not None:
+            found.append([[trial], [], "its pack could not train it", None])  # why: said then, and in sweep.json
+            continue
         try:
             spec = member_of(catalog, command_of(trial), trial, group)
         except HpplugError as exc:  # it runs alone, and fails there with this reason in its log

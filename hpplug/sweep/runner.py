@@ -93,6 +93,9 @@ class Runner:
     def finish(self, trial: Trial, exit_code: int | None, interrupted: bool = False) -> None:
         """Record how a trial ended, print its line, and check metric.target."""
         summary = read_summary(trial.record_dir, trial.launched or 0.0)
+        if self.refused(trial, summary):
+            self.save()
+            return
         status = ended_status(summary, trial.stop_requested, exit_code, interrupted)
         trial.status, trial.exit_code, trial.ended = status, exit_code, time.time()
         trial.metric = metric_value(self.spec.metric, summary, read_history(trial.record_dir))
@@ -105,6 +108,25 @@ class Runner:
         for line in self.next.ended(trial):
             self.echo(line)
         self.save()
+
+    def refused(self, trial: Trial, summary: dict[str, Any]) -> bool:
+        """Whether the trial's pack could not train it (``hpplug.pack.PackRefused``: found
+        once its model was built or trained): then it is queued to train alone, first, and
+        never packed again; its failed attempt is kept in its record's ``attempts/``."""
+        from hpplug.pack import REFUSED
+
+        if trial.pack is None or summary.get("status") != "failed" or summary.get(REFUSED) is not True:
+            return False
+        error = summary.get("error")
+        trial.alone = str(error)[:300] if error else "no reason recorded"
+        trial.status = "interrupted"
+        self.procs.handles.pop(trial.id, None)
+        queue = self.next.queue
+        if trial not in queue:  # ahead of new trials, in trial order
+            queue.insert(next((i for i, t in enumerate(queue) if t.alone is None or t.number > trial.number),
+                              len(queue)), trial)
+        self.echo(f"trial {trial.number} {trial.id}: its pack could not train it: {trial.alone}; it runs alone next")
+        return True
 
     def early_terminate(self) -> None:
         """Hyperband through W&B's ``stop_runs`` whenever a running trial logged new rows."""
@@ -131,9 +153,10 @@ class Runner:
                 continue
             if self.procs.adopt(trial):
                 continue
-            if read_summary(trial.record_dir, trial.launched or 0.0).get("status") in ("finished", "stopped"):
+            summary = read_summary(trial.record_dir, trial.launched or 0.0)
+            if summary.get("status") in ("finished", "stopped"):
                 self.finish(trial, None)
-            else:
+            elif not self.refused(trial, summary):
                 trial.status = "interrupted"
                 self.next.queue.append(trial)
         self.save()

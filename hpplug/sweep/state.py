@@ -31,7 +31,8 @@ NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NUMBER = (int, float)
 # The optional fields of a trial and their JSON types (absent or null: not known yet).
 _OPTIONAL = (("metric", _NUMBER), ("pid", (int,)), ("pid_started", _NUMBER), ("launched", _NUMBER),
-             ("ended", _NUMBER), ("exit_code", (int,)), ("stop_requested", (bool,)), ("pack", (int,)))
+             ("ended", _NUMBER), ("exit_code", (int,)), ("stop_requested", (bool,)), ("pack", (int,)),
+             ("alone", (str,)))
 
 
 def is_name(value: Any) -> bool:
@@ -44,7 +45,8 @@ class Trial:
     """One trial of a sweep: what W&B's engine suggested, and how its run went.
 
     ``record`` is derived (``<sweep dir>/runs/<id>``), written for readers of the file and
-    never read back. ``pack`` is the pack process the trial last ran in (None: alone)."""
+    never read back. ``pack`` is the pack process the trial last ran in (None: alone);
+    ``alone`` says why it is never packed again (a pack found it could not train it)."""
 
     number: int
     id: str
@@ -61,6 +63,7 @@ class Trial:
     exit_code: int | None = None
     stop_requested: bool = False
     pack: int | None = None
+    alone: str | None = None  # why it trains alone from now on: its pack could not train it
 
     @property
     def record_dir(self) -> Path:

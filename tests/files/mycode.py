@@ -1,5 +1,7 @@
 """A user's own model and data-set code, as ``--model mycode:...`` and ``--dataset mycode:...``
 import it from the working folder (the tests copy this file there)."""
+import math
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
@@ -26,6 +28,11 @@ class Net(nn.Module):
 
     def forward(self, x):
         return self.body(x)
+
+
+def noisy(num_classes, input_shape):
+    """Channel dropout: random numbers a pack does not draw (it trains such a model alone)."""
+    return nn.Sequential(nn.Dropout2d(0.1), nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
 
 
 def not_a_module(num_classes):

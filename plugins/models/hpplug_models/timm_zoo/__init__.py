@@ -23,6 +23,8 @@ from hpplug_models._adapt import OFFLINE_ENV, image_shape, offline, one_line, pr
 class Timm(Model):
     """A timm architecture, random or pretrained."""
 
+    packable = True  # built per trial and stacked; what a pack cannot vectorize trains alone
+
     variant = "arch"
     params = {
         "arch": Param(str, "resnet18", "timm model name (timm.list_models()), optionally with a weights tag: "

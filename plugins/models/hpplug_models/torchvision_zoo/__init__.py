@@ -24,6 +24,8 @@ from hpplug_models._adapt import (OFFLINE_ENV, adapt_first_conv, image_shape, of
 class Torchvision(Model):
     """A torchvision classification architecture, random or pretrained."""
 
+    packable = True  # built per trial and stacked; what a pack cannot vectorize trains alone
+
     variant = "arch"
     params = {
         "arch": Param(str, "resnet18", "torchvision.models name: resnet18, efficientnet_b0, convnext_tiny, ..."),
