@@ -167,6 +167,25 @@ class NoisyNet(Model):
         return nn.Sequential(nn.Dropout2d(0.2), nn.Flatten(), nn.Linear(64, num_classes))
 
 
+class Branchy(nn.Module):
+    """Control flow on a value: fine alone, not under vmap (``.item()`` of a batched tensor)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x.flatten(1))
+        return out if out.mean().item() > -1e9 else -out
+
+
+class BranchyNet(Model):
+    packable = True
+
+    def build(self, input_shape, num_classes):
+        return Branchy(num_classes)
+
+
 class Unpacked(Plugin):
     @hookimpl
     def hpplug_lr_factor(self, progress, base_lr):
@@ -185,7 +204,7 @@ class Driver(Plugin):
 def plugins(hpplug_register):
     for name, cls in [("requester", Requester), ("stopper", Stopper), ("boom", Boom), ("signaller", Signaller),
                       ("doubler", Doubler), ("fussy", Fussy), ("normnet", NormNet), ("noisynet", NoisyNet),
-                      ("unpacked", Unpacked),
+                      ("branchy", BranchyNet), ("unpacked", Unpacked),
                       ("driver", Driver)]:
         hpplug_register(name, cls)
 
@@ -412,8 +431,17 @@ def test_what_the_members_share_failing_fails_each_run_in_one_line(tmp_path, plu
     for r in results[1:]:
         assert r.status == "failed" and "changed batch_size" in r.summary["error"]
         assert summary(r.record_dir)["error"] == r.summary["error"]
+    # What only the built models (or their first vectorized update) show is the pack's fault,
+    # not the trials': their summaries say so (pack/refused), and a sweep trains them alone.
     results = run_pack([member(tmp_path, f"n{i}", model="noisynet") for i in range(2)])
     assert all(r.status == "failed" and "Dropout2d" in r.summary["error"] for r in results)
+    assert all(summary(r.record_dir)["pack/refused"] is True for r in results)
+    results = run_pack([member(tmp_path, f"v{i}", model="branchy", lr=0.1 * (i + 1)) for i in range(2)])
+    for r in results:
+        assert r.status == "failed" and summary(r.record_dir)["pack/refused"] is True and r.summary["updates"] == 0
+        assert r.summary["error"].startswith("its first update as one vectorized model failed: RuntimeError: ")
+    assert summary(tmp_path / "x")["pack/refused"] is True, "alone, a plugin may change the batch size"
+    assert "pack/refused" not in summary(tmp_path / "done"), "a finished run is refused for its own reason"
 
 
 def test_batch_norm_members_train_and_keep_their_running_statistics_as_alone(tmp_path, plugins, monkeypatch):

@@ -38,6 +38,7 @@ class Pack:
         self.window = self.epoch_sums = torch.zeros(0)
         self._link_sums()
         self.stop: StopRequests | None = None
+        self.proven = False  # an update went through: a later failure is not the pack's (train.first_update)
         for member in members:
             member.pack_size = len(members)
 

@@ -8,7 +8,7 @@ reads or changes in a member's model (a weight average, a gradient clip, ``updat
 checkpoint, a resume) is the packed state itself; after a hook that replaces a weight, a
 gradient or a buffer instead (``p.data = ...``, ``p.grad = ...``) they are stacked again
 (:meth:`Stack.replaced`). What the stack cannot take (another random layer, frozen
-weights, an operation vmap cannot batch in the first forward) raises ``PackRefused``.
+weights) raises ``PackRefused``.
 
 The forward is ``vmap(functional_call(base, ...))`` over the members: ``base`` is a copy of
 the first member's module on the meta device whose ``nn.Dropout`` layers take their masks
@@ -31,7 +31,6 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from hpplug.errors import one_line
 from hpplug.pack.support import PackRefused
 from hpplug.pack import sequential
 
@@ -110,7 +109,6 @@ class Stack:
         self.modules: list[nn.Module] = []
         self._sites: dict[tuple[int, ...], list[Site]] = {}
         self._vmapped: dict[bool, Callable[..., torch.Tensor]] = {}
-        self._proven = False  # a vectorized forward went through: a later failure is not the model's shape
         self.layers = sequential.plan(self.base, MaskedDropout)  # None: the vmap forward
         self.link(modules)
 
@@ -228,14 +226,7 @@ class Stack:
             if self.layers is not None and not torch.is_autocast_enabled(x.device.type):
                 return sequential.forward(self.layers, params, masks or {}, x, shared, training=masks is not None)
             self.base.train(masks is not None)
-            try:
-                logits = self._vmapped_forward(shared)(params, {**buffers, **(masks or {})}, x)
-            except Exception as exc:  # noqa: BLE001 - an operation vmap cannot batch (.item(), control flow, ...)
-                if self._proven:
-                    raise
-                raise PackRefused(f"the model cannot run as one vectorized model (torch.func.vmap): "
-                                  f"{type(exc).__name__}: {one_line(exc)}") from exc
-            self._proven = True
+            logits = self._vmapped_forward(shared)(params, {**buffers, **(masks or {})}, x)
         return logits.float() if logits.dtype != torch.float32 else logits
 
     def _vmapped_forward(self, shared: bool) -> Callable[..., torch.Tensor]:

@@ -18,12 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from hpplug.console import EpochBar, format_metrics
+from hpplug.errors import one_line
 from hpplug.loop import (Stopped, _with_index, end_epoch, epoch_order, epoch_train_metrics, log_update,
                          micro_batches, set_lr, train_inputs, update_checkpoint_due)
 from hpplug.pack.evaluate import Metrics, evaluate
 from hpplug.pack.member import Member
 from hpplug.pack.packed import Pack
 from hpplug.pack.share import assemble, by_batch, labels
+from hpplug.pack.support import PackRefused
 from hpplug.plugin import Batch
 from hpplug.step import seed_draws
 
@@ -112,7 +114,7 @@ def train_epoch(pack: Pack, bar: EpochBar) -> Metrics:
             pack.settle()
             if not pack.members:
                 return {}
-            update(pack, feeds, min(per_update, n - u * per_update))
+            first_update(pack, feeds, min(per_update, n - u * per_update))
             bar.update(1)
             start = after_update(pack, start)
             if pack.stop is not None and pack.stop.reason is not None:
@@ -123,6 +125,22 @@ def train_epoch(pack: Pack, bar: EpochBar) -> Metrics:
     finally:
         pack.clock(start)
     return {m: epoch_train_metrics(m.loop, first, m.lr) for m in pack.members}
+
+
+def first_update(pack: Pack, feeds: dict[int, Iterator[Any]], size: int) -> None:
+    """:func:`update`; until one has gone through, a failure of what the members share (an
+    operation ``vmap`` cannot batch, K models that do not fit in memory together) is the
+    pack's, not the trials' (``PackRefused``: a sweep trains them alone). A plugin's failure
+    ends its member only (``Pack.own``) and is not one of these."""
+    if pack.proven:
+        update(pack, feeds, size)
+        return
+    try:
+        update(pack, feeds, size)
+    except Exception as exc:  # noqa: BLE001 - whatever the vectorized update raised
+        raise PackRefused(f"its first update as one vectorized model failed: {type(exc).__name__}: "
+                          f"{one_line(exc)}") from exc
+    pack.proven = True
 
 
 def after_update(pack: Pack, start: float) -> float:
