@@ -186,6 +186,27 @@ class BranchyNet(Model):
         return Branchy(num_classes)
 
 
+class FrozenNet(Model):
+    """A first layer kept as built (fine-tuning's frozen backbone): no gradient, never stepped."""
+
+    packable = True
+
+    def build(self, input_shape, num_classes):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, num_classes))
+        model[1].requires_grad_(False)
+        return model
+
+
+class TrainedOnly(Plugin):
+    """The optimizer gets the trainable parameters only, as fine-tuning code often does."""
+
+    packable = True
+
+    @hookimpl
+    def hpplug_param_groups(self, model, config):
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+
 class Unpacked(Plugin):
     @hookimpl
     def hpplug_lr_factor(self, progress, base_lr):
@@ -204,7 +225,8 @@ class Driver(Plugin):
 def plugins(hpplug_register):
     for name, cls in [("requester", Requester), ("stopper", Stopper), ("boom", Boom), ("signaller", Signaller),
                       ("doubler", Doubler), ("fussy", Fussy), ("normnet", NormNet), ("noisynet", NoisyNet),
-                      ("branchy", BranchyNet), ("unpacked", Unpacked),
+                      ("branchy", BranchyNet), ("frozennet", FrozenNet),
+                      ("trained-only", TrainedOnly), ("unpacked", Unpacked),
                       ("driver", Driver)]:
         hpplug_register(name, cls)
 
@@ -442,6 +464,32 @@ def test_what_the_members_share_failing_fails_each_run_in_one_line(tmp_path, plu
         assert r.summary["error"].startswith("its first update as one vectorized model failed: RuntimeError: ")
     assert summary(tmp_path / "x")["pack/refused"] is True, "alone, a plugin may change the batch size"
     assert "pack/refused" not in summary(tmp_path / "done"), "a finished run is refused for its own reason"
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_frozen_weights_stay_as_built_and_the_rest_trains_as_alone(tmp_path, plugins, monkeypatch, optimizer):
+    """A model with a frozen layer packs: its weights are stacked without a gradient and no
+    optimizer steps them (also when the optimizer's groups leave them out), as alone."""
+    specs = lambda out: [  # noqa: E731
+        member(out, "a", [], model="frozennet", optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 0.003,
+               momentum=0.9, seed=1, log_every=1, epochs=2, checkpoint_every="1epoch"),
+        member(out, "b", ["trained-only"], model="frozennet", optimizer=optimizer,
+               lr=0.1 if optimizer == "sgd" else 0.001, seed=2, log_every=1, epochs=2, checkpoint_every="1epoch"),
+    ]
+    packed = run_pack(specs(tmp_path / "pack"))
+    assert [r.status for r in packed] == ["finished", "finished"] and packed[0].summary["pack/size"] == 2
+    single = [alone(spec, tmp_path / "alone", monkeypatch) for spec in specs(tmp_path / "alone")]
+    def built(seed: int) -> nn.Module:  # as the run builds it: seeded, then built
+        torch.manual_seed(seed)
+        return FrozenNet().build((1, 8, 8), 10)
+
+    for p, s, first in zip(packed, single, (built(1), built(2))):
+        assert_trains_alike(p.record_dir, s.record_dir, updates_per_epoch=21)
+        mine, theirs = weights(p.record_dir), weights(s.record_dir)
+        for name in mine:
+            torch.testing.assert_close(mine[name], theirs[name], rtol=1e-4, atol=1e-6, msg=name)
+        assert torch.equal(mine["1.weight"], theirs["1.weight"]) and torch.equal(mine["1.weight"], first[1].weight)
+        assert not torch.equal(mine["4.weight"], first[4].weight)
 
 
 def test_batch_norm_members_train_and_keep_their_running_statistics_as_alone(tmp_path, plugins, monkeypatch):

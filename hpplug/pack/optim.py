@@ -46,21 +46,29 @@ class PackedOptimizer:
         self.optimizers = [_torch(o) for o in optimizers]
         self.groups: dict[str, list[dict[str, Any]]] = {}
         self.own: dict[str, list[torch.Tensor]] = {}
-        for name in self.stack.names:
+        for name in self.trained:
             self.own[name] = [m.get_parameter(name) for m in self.stack.modules]
             self.groups[name] = [_group_of(opt, p, name) for opt, p in zip(self.optimizers, self.own[name])]
         self.state: dict[str, dict[str, torch.Tensor]] = {}
-        for name, stacked in self.stack.params.items():
+        for name in self.trained:
+            stacked = self.stack.params[name]
             states = [opt.state.get(p, {}) for opt, p in zip(self.optimizers, self.own[name])]
             self.state[name] = _stacked_state(states, stacked, self.kind)
         self._expose()
+
+    @property
+    def trained(self) -> list[str]:
+        """The parameters it steps: not the frozen ones (no gradient: torch leaves them too,
+        and they need not be in any group)."""
+        return [name for name, stacked in self.stack.params.items() if stacked.requires_grad]
 
     def _each(self, name: str, key: str) -> list[Any]:
         return [group[key] for group in self.groups[name]]
 
     @torch.no_grad()
     def step(self) -> None:
-        for name, stacked in self.stack.params.items():
+        for name in self.groups:
+            stacked = self.stack.params[name]
             (self._sgd if self.kind == "sgd" else self._adam)(name, stacked, stacked.grad)
         self._expose()
 

@@ -7,8 +7,8 @@ the vectorized forward updates per member as each one's forward does alone. What
 reads or changes in a member's model (a weight average, a gradient clip, ``update_bn``, a
 checkpoint, a resume) is the packed state itself; after a hook that replaces a weight, a
 gradient or a buffer instead (``p.data = ...``, ``p.grad = ...``) they are stacked again
-(:meth:`Stack.replaced`). What the stack cannot take (another random layer, frozen
-weights) raises ``PackRefused``.
+(:meth:`Stack.replaced`). Frozen weights (``requires_grad=False``) are stacked without a
+gradient. What the stack cannot take (another random layer) raises ``PackRefused``.
 
 The forward is ``vmap(functional_call(base, ...))`` over the members: ``base`` is a copy of
 the first member's module on the meta device whose ``nn.Dropout`` layers take their masks
@@ -70,9 +70,6 @@ def check_alike(modules: Sequence[nn.Module]) -> None:
         if _layout(other) != layout:
             raise PackRefused("the trials' models differ in their layers or parameter shapes once built; "
                               "a pack needs one architecture")
-    frozen = [n for n, p in first.named_parameters() if not p.requires_grad]
-    if frozen:
-        raise PackRefused(f"parameter {frozen[0]} is frozen (requires_grad=False), which a pack does not support")
 
 
 def _grad(p: torch.Tensor) -> torch.Tensor:
@@ -82,7 +79,7 @@ def _grad(p: torch.Tensor) -> torch.Tensor:
 
 def _layout(module: nn.Module) -> list[Any]:
     return ([(n, type(m)) for n, m in module.named_modules()]
-            + [(n, tuple(p.shape), p.dtype) for n, p in module.named_parameters()]
+            + [(n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in module.named_parameters()]
             + [(n, tuple(b.shape), b.dtype) for n, b in module.named_buffers()])
 
 
@@ -109,7 +106,8 @@ class Stack:
         self.modules: list[nn.Module] = []
         self._sites: dict[tuple[int, ...], list[Site]] = {}
         self._vmapped: dict[bool, Callable[..., torch.Tensor]] = {}
-        self.layers = sequential.plan(self.base, MaskedDropout)  # None: the vmap forward
+        trained = all(p.requires_grad for p in modules[0].parameters())  # its backward computes every gradient
+        self.layers = sequential.plan(self.base, MaskedDropout) if trained else None  # None: the vmap forward
         self.link(modules)
 
     def link(self, modules: Sequence[nn.Module]) -> None:
@@ -121,12 +119,15 @@ class Stack:
         self.views: list[list[tuple[str, nn.Parameter, torch.Tensor, torch.Tensor]]] = [[] for _ in modules]
         with torch.no_grad():
             for name in self.names:
-                stacked = torch.stack([own[name].detach() for own in owned]).requires_grad_(True)
-                stacked.grad = torch.stack([_grad(own[name]) for own in owned])
+                trained = owned[0][name].requires_grad  # a frozen weight has no gradient, as alone
+                stacked = torch.stack([own[name].detach() for own in owned]).requires_grad_(trained)
+                if trained:
+                    stacked.grad = torch.stack([_grad(own[name]) for own in owned])
                 for k, own in enumerate(owned):
                     own[name].data = stacked.data[k]
-                    own[name].grad = stacked.grad[k]
-                    self.views[k].append((name, own[name], stacked.data[k], stacked.grad[k]))
+                    if trained:
+                        own[name].grad = stacked.grad[k]
+                    self.views[k].append((name, own[name], stacked.data[k], stacked.grad[k] if trained else None))
                 self.params[name] = stacked
             self.buffers = {}
             for name, _ in modules[0].named_buffers():
@@ -145,6 +146,9 @@ class Stack:
         refused: torch's optimizer would leave that weight alone, one member's a pack cannot."""
         found = False
         for name, p, weight, grad in self.views[k]:
+            if grad is None:  # frozen
+                found = found or p.data_ptr() != weight.data_ptr()
+                continue
             if p.grad is None and stepping:
                 raise PackRefused(f"a plugin set the gradient of {name} to None before the optimizer step "
                                   "(zero_grad()?): torch would not step that weight, which a pack cannot leave out "
@@ -163,7 +167,8 @@ class Stack:
     def zero_grad(self) -> None:
         """Zero in place: the members' gradients stay views of these."""
         for stacked in self.params.values():
-            stacked.grad.zero_()
+            if stacked.grad is not None:
+                stacked.grad.zero_()
 
     # --- dropout ------------------------------------------------------------------------
     def sites(self, sample: tuple[int, ...], device: torch.device) -> list[Site]:
