@@ -241,7 +241,7 @@ OPTIONS: list[tuple[str, click.ParamType, str]] = [
 OPTION_TYPES = {name: ctype for name, ctype, _ in OPTIONS}
 
 # Where and how a run is done, not what it trains: recorded with the run, never tuned as
-# hyperparameters. W&B shows them apart, under "settings" (hpplug.tracking.wandb_view);
+# hyperparameters. W&B shows them apart, under "settings" (hpplug.wandb_run.wandb_view);
 # they keep their flat names everywhere else (the command line, a sweep, config.json).
 SETTINGS = ("data_root", "output_dir", "log_every", "checkpoint_every", "eval_batch_size", "loader", "workers",
             "wandb_mode", "project", "entity", "name", "tags", "group", "notes")

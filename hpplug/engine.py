@@ -189,7 +189,7 @@ def _broadcast(accelerator: Accelerator, value: Any) -> Any:
 
 def wandb_config(config: RunConfig, entries: list[Any]) -> dict[str, Any]:
     """What a run records as its configuration (``config.json``, and W&B's config with the
-    settings apart: :func:`hpplug.tracking.wandb_view`): every option by its flat name, the
+    settings apart: :func:`hpplug.wandb_run.wandb_view`): every option by its flat name, the
     versions it ran with, and each plugin's distribution and version."""
     import platform
     from importlib.metadata import version
