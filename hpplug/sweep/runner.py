@@ -118,13 +118,9 @@ class Runner:
         if trial.pack is None or summary.get("status") != "failed" or summary.get(REFUSED) is not True:
             return False
         error = summary.get("error")
-        trial.alone = str(error)[:300] if error else "no reason recorded"
-        trial.status = "interrupted"
+        trial.alone, trial.status = str(error)[:300] if error else "no reason recorded", "interrupted"
         self.procs.handles.pop(trial.id, None)
-        queue = self.next.queue
-        if trial not in queue:  # ahead of new trials, in trial order
-            queue.insert(next((i for i, t in enumerate(queue) if t.alone is None or t.number > trial.number),
-                              len(queue)), trial)
+        self.next.first(trial)
         self.echo(f"trial {trial.number} {trial.id}: its pack could not train it: {trial.alone}; it runs alone next")
         return True
 

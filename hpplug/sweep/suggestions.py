@@ -73,6 +73,13 @@ class Suggestions:
             self.state.trials.remove(trial)  # suggested for a pack that had no free process: never was
         return self.new_trial() if self.may_start() else None
 
+    def first(self, trial: Trial) -> None:
+        """Queue a trial to train alone ahead of the others (after those queued so before it,
+        in trial order)."""
+        if trial not in self.queue:
+            self.queue.insert(next((i for i, t in enumerate(self.queue) if t.alone is None or t.number > trial.number),
+                                   len(self.queue)), trial)
+
     def halted(self) -> bool:
         """Whether results stop new trials: metric.target reached, or trials failing in a row
         (not run_cap or a grid's end: a trial already suggested within them still starts)."""
