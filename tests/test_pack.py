@@ -207,6 +207,63 @@ class TrainedOnly(Plugin):
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
 
+SHARED_MODULE = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+
+class SharedNet(Model):
+    """Returns one module object to every trial (a model made once, at import)."""
+
+    packable = True
+
+    def build(self, input_shape, num_classes):
+        return SHARED_MODULE
+
+
+class EvalBranchy(Branchy):
+    """Control flow on a value in evaluation only: training packs, the first evaluation cannot."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x.flatten(1))
+        return out if self.training or out.mean().item() > -1e9 else -out
+
+
+class EvalBranchyNet(Model):
+    packable = True
+
+    def build(self, input_shape, num_classes):
+        return EvalBranchy(num_classes)
+
+
+class NormMomentum(Plugin):
+    """Sets every batch norm's momentum: a setting of the layer, not a tensor."""
+
+    packable = True
+    params = {"momentum": Param(float, 0.1, "batch norm momentum")}
+
+    @hookimpl
+    def hpplug_adjust_model(self, model, config):
+        for layer in model.modules():
+            if isinstance(layer, nn.BatchNorm2d):
+                layer.momentum = self.momentum
+
+
+class Unfreezer(Plugin):
+    """Keeps the first layer frozen until update ``at``, then trains it (gradual unfreezing)."""
+
+    packable = True
+    params = {"at": Param(int, 10, "update that unfreezes it")}
+
+    @hookimpl
+    def hpplug_train_start(self, model, progress, config):
+        if progress.update < self.at:
+            model[1].requires_grad_(False)
+
+    @hookimpl
+    def hpplug_after_optimizer_step(self, model, progress):
+        if progress.update == self.at:
+            model[1].requires_grad_(True)
+
+
 class Unpacked(Plugin):
     @hookimpl
     def hpplug_lr_factor(self, progress, base_lr):
@@ -226,7 +283,8 @@ def plugins(hpplug_register):
     for name, cls in [("requester", Requester), ("stopper", Stopper), ("boom", Boom), ("signaller", Signaller),
                       ("doubler", Doubler), ("fussy", Fussy), ("normnet", NormNet), ("noisynet", NoisyNet),
                       ("branchy", BranchyNet), ("frozennet", FrozenNet),
-                      ("trained-only", TrainedOnly), ("unpacked", Unpacked),
+                      ("trained-only", TrainedOnly), ("sharednet", SharedNet), ("evalbranchy", EvalBranchyNet),
+                      ("norm-momentum", NormMomentum), ("unfreezer", Unfreezer), ("unpacked", Unpacked),
                       ("driver", Driver)]:
         hpplug_register(name, cls)
 
@@ -463,6 +521,19 @@ def test_what_the_members_share_failing_fails_each_run_in_one_line(tmp_path, plu
         assert r.status == "failed" and summary(r.record_dir)["pack/refused"] is True and r.summary["updates"] == 0
         assert r.summary["error"].startswith("its first update as one vectorized model failed: RuntimeError: ")
     assert summary(tmp_path / "x")["pack/refused"] is True, "alone, a plugin may change the batch size"
+    refused = {  # what is only seen once the models are built or run
+        "share 1.weight (one module object built for all?)": [member(tmp_path, f"s{i}", model="sharednet")
+                                                              for i in range(2)],
+        "differ in 1.momentum (0.1 and 0.5) once built": [
+            member(tmp_path, f"m{i}", ["norm-momentum"], {"norm-momentum": {"momentum": value}}, model="normnet")
+            for i, value in enumerate((0.1, 0.5))],
+        "its first evaluation as one vectorized model failed: RuntimeError": [
+            member(tmp_path, f"e{i}", model="evalbranchy", lr=0.1 * (i + 1)) for i in range(2)],
+    }
+    for expected, specs in refused.items():
+        for r in run_pack(specs):
+            assert r.status == "failed" and expected in r.summary["error"], (expected, r.summary["error"])
+            assert summary(r.record_dir)["pack/refused"] is True
     assert "pack/refused" not in summary(tmp_path / "done"), "a finished run is refused for its own reason"
 
 
@@ -490,6 +561,23 @@ def test_frozen_weights_stay_as_built_and_the_rest_trains_as_alone(tmp_path, plu
             torch.testing.assert_close(mine[name], theirs[name], rtol=1e-4, atol=1e-6, msg=name)
         assert torch.equal(mine["1.weight"], theirs["1.weight"]) and torch.equal(mine["1.weight"], first[1].weight)
         assert not torch.equal(mine["4.weight"], first[4].weight)
+
+
+def test_weights_unfrozen_by_a_hook_train_from_then_on_as_alone(tmp_path, plugins, monkeypatch):
+    """A plugin freezes the first layer at the start and unfreezes it after update 10 (the
+    same for two members: they stay packed, as alone); a third unfreezes at update 5, which
+    the others do not: it leaves the pack then, refused (a sweep trains it alone)."""
+    specs = lambda out, late=True: [  # noqa: E731
+        member(out, "a", ["unfreezer"], lr=0.1, seed=1, log_every=1),
+        member(out, "b", ["unfreezer", "cosine"], lr=0.05, momentum=0.9, seed=2, log_every=1),
+        *([member(out, "c", ["unfreezer"], {"unfreezer": {"at": 5}}, lr=0.1, seed=3, log_every=1)] if late else []),
+    ]
+    packed = run_pack(specs(tmp_path / "pack"))
+    assert [r.status for r in packed] == ["finished", "finished", "failed"]
+    assert packed[2].summary["updates"] == 5 and summary(packed[2].record_dir)["pack/refused"] is True
+    assert "froze or unfroze weights at update 5" in packed[2].summary["error"]
+    for p, s in zip(packed, [alone(spec, tmp_path / "alone", monkeypatch) for spec in specs(tmp_path / "alone", False)]):
+        assert_trains_alike(p.record_dir, s.record_dir, updates_per_epoch=21)
 
 
 def test_batch_norm_members_train_and_keep_their_running_statistics_as_alone(tmp_path, plugins, monkeypatch):

@@ -24,6 +24,7 @@ def evaluate(pack: Pack, members: list[Member], source: Source, split: str, metr
     for m in members:
         m.loop.model.eval()
         pack.model_hook(m, "hpplug_evaluation_start", split=split)
+    pack.restack()
     members = [m for m in members if m.exit is None]
     if members:
         rows = [pack.members.index(m) for m in members]
@@ -51,3 +52,4 @@ def evaluate(pack: Pack, members: list[Member], source: Source, split: str, metr
     for m in members:
         pack.model_hook(m, "hpplug_evaluation_end", metrics=MappingProxyType(metrics[m]), split=split)
         m.loop.model.train()
+    pack.restack()

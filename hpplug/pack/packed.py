@@ -17,10 +17,12 @@ import torch
 from accelerate import Accelerator
 
 from hpplug.checkpoint import StopRequests
+from hpplug.errors import one_line
 from hpplug.feed import RunData
 from hpplug.pack.member import Member
 from hpplug.pack.optim import PackedOptimizer
 from hpplug.pack.stack import Stack
+from hpplug.pack.support import PackRefused
 
 # Hooks at the edges of training and evaluation (once per member and phase, not per update).
 PHASE_HOOKS = frozenset({"hpplug_train_start", "hpplug_train_end", "hpplug_evaluation_start", "hpplug_evaluation_end"})
@@ -38,7 +40,8 @@ class Pack:
         self.window = self.epoch_sums = torch.zeros(0)
         self._link_sums()
         self.stop: StopRequests | None = None
-        self.proven = False  # an update went through: a later failure is not the pack's (train.first_update)
+        self.proven: set[str] = set()  # what went through once: a later failure of it is not the pack's
+        self.stale: set[Member] = set()  # members whose hook replaced a tensor: stacked again by restack()
         for member in members:
             member.pack_size = len(members)
 
@@ -59,6 +62,24 @@ class Pack:
             for member in members:
                 member.leave("failed", exc)
 
+    @contextmanager
+    def refusing(self, what: str) -> Iterator[None]:
+        """Until ``what`` (an update, an evaluation) has gone through once, a failure of what
+        the members share in it (an operation ``vmap`` cannot batch, K models that do not fit
+        in memory together) is the pack's, not the trials' (``PackRefused``: a sweep trains
+        them alone). A plugin's failure ends its member only (:meth:`own`), not this."""
+        if what in self.proven:
+            yield
+            return
+        try:
+            yield
+        except PackRefused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the vectorized computation raised
+            raise PackRefused(f"its first {what} as one vectorized model failed: {type(exc).__name__}: "
+                              f"{one_line(exc)}") from exc
+        self.proven.add(what)
+
     def model_hook(self, m: Member, name: str, stepping: bool = False, **kwargs: Any) -> None:
         """Call hook ``name`` of ``m`` with its module as the model (within :meth:`own`), its
         weights and gradients stacked again if it replaced one (``Stack.replaced``). A hook
@@ -69,7 +90,27 @@ class Pack:
         with self.own(m), m.rng.installed(keep=True) if name in PHASE_HOOKS else contextlib.nullcontext():
             hook(model=m.module, progress=m.loop.progress, **kwargs)
             if hook.get_hookimpls() and self.stack.replaced(self.members.index(m), stepping):
-                self.relink()
+                self.stale.add(m)
+
+    def restack(self) -> None:
+        """Stack again, once every member's hook of a round has run, if one replaced a
+        tensor or froze (or unfroze) a weight (:meth:`model_hook`). Members whose frozen
+        weights then differ from the others' (a schedule of their own) leave, refused
+        (``PackRefused``: a sweep trains them alone); the same schedule for all stays packed."""
+        if not self.stale:
+            return
+        changed, self.stale = self.stale, set()
+        staying = [m for m in self.members if m.exit is None]
+        if staying:
+            frozen = _frozen(next((m for m in staying if m not in changed), staying[0]).module)
+            for m in staying:
+                if _frozen(m.module) != frozen:
+                    m.leave("failed", PackRefused(f"it froze or unfroze weights at update {m.loop.progress.update} "
+                                                  "that the other trials of its pack train (or keep frozen)"))
+        if any(m.exit is not None for m in self.members):
+            self.settle()  # stacks the others again
+        else:
+            self.relink()
 
     def relink(self) -> None:
         """Stack the members' weights, gradients and optimizer states again."""
@@ -94,3 +135,7 @@ class Pack:
         for member in self.members:
             member.loop.state.epoch_time += now - start
         return now
+
+
+def _frozen(module: torch.nn.Module) -> frozenset[str]:
+    return frozenset(name for name, p in module.named_parameters() if not p.requires_grad)

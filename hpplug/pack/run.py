@@ -26,7 +26,7 @@ from accelerate.utils import set_seed
 
 from hpplug import checkpoint, engine, notices
 from hpplug.engine import RunResult
-from hpplug.errors import HpplugError
+from hpplug.errors import HpplugError, one_line
 from hpplug.loop import Stopped
 from hpplug.pack.member import Member, one_working_set
 from hpplug.pack.packed import Pack
@@ -90,8 +90,8 @@ def _train(specs: list[MemberSpec], show_progress: bool, download: bool) -> list
         raise
     except Exception as exc:  # noqa: BLE001 - what the members share failed: each run records it
         for m in members:
-            if m.result is None:
-                m.finish("failed", exc)
+            if m.result is None:  # one that had failed on its own keeps its own error
+                m.finish(*(m.exit or ("failed", exc)))
     return [m.result for m in members]  # type: ignore[misc]
 
 
@@ -130,6 +130,8 @@ def _setup(members: list[Member], accelerator: Any, download: bool) -> Pack | No
     for m in alive:
         try:
             m.prepare(accelerator, data)
+        except torch.OutOfMemoryError as exc:  # alone it may fit: not the trial's fault
+            m.leave("failed", PackRefused(f"its model does not fit in memory beside the others': {one_line(exc)}"))
         except Exception as exc:  # noqa: BLE001
             m.leave("failed", exc)
     alive = _settled(alive)

@@ -59,17 +59,38 @@ class Site:
 
 
 def check_alike(modules: Sequence[nn.Module]) -> None:
-    """The members' modules must be one architecture: same layers, parameters and shapes."""
+    """The members' modules must be one architecture, each its own: the same layers,
+    parameters, shapes and settings (a batch norm's momentum, ...: the forward runs the first
+    member's), and no tensor of one member another's (one module object built for all)."""
     first = modules[0]
     for name, module in first.named_modules():
         if isinstance(module, RANDOM):
             raise PackRefused(f"layer {name or 'model'} ({type(module).__name__}) draws random numbers in training; "
                               "a pack draws only nn.Dropout's")
-    layout = _layout(first)
-    for other in modules[1:]:
-        if _layout(other) != layout:
+    layout, settings = _layout(first), _settings(first)
+    owner: dict[int, int] = {}
+    for k, module in enumerate(modules):
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            if owner.setdefault(id(tensor), k) != k:
+                raise PackRefused(f"the trials' models share {name} (one module object built for all?): a pack "
+                                  "needs each trial's own")
+        if k and _layout(module) != layout:
             raise PackRefused("the trials' models differ in their layers or parameter shapes once built; "
                               "a pack needs one architecture")
+        differ = next((key for key, value in _settings(module).items() if settings.get(key) != value), None)
+        if k and differ is not None:
+            raise PackRefused(f"the trials' models differ in {differ} ({settings.get(differ)!r} and "
+                              f"{_settings(module)[differ]!r}) once built: a pack runs one architecture")
+
+
+def _settings(module: nn.Module) -> dict[str, Any]:
+    """Each layer's plain settings (``momentum``, ``eps``, ``stride``, ...), but dropout's p,
+    which is each member's own (its masks)."""
+    plain = (bool, int, float, str, tuple, type(None))
+    return {f"{name or 'model'}.{key}": value for name, layer in module.named_modules()
+            for key, value in vars(layer).items()
+            if not key.startswith("_") and key != "training" and isinstance(value, plain)
+            and not (type(layer) is nn.Dropout and key == "p")}
 
 
 def _grad(p: torch.Tensor) -> torch.Tensor:
@@ -106,37 +127,44 @@ class Stack:
         self.modules: list[nn.Module] = []
         self._sites: dict[tuple[int, ...], list[Site]] = {}
         self._vmapped: dict[bool, Callable[..., torch.Tensor]] = {}
-        trained = all(p.requires_grad for p in modules[0].parameters())  # its backward computes every gradient
-        self.layers = sequential.plan(self.base, MaskedDropout) if trained else None  # None: the vmap forward
+        self.layers: list[tuple[str, nn.Module]] | None = None  # the Sequential forward's, or None: vmap's
         self.link(modules)
 
     def link(self, modules: Sequence[nn.Module]) -> None:
         """Stack the members' current weights and gradients and make theirs views of the
         stack: at the start, and again when a member leaves or a hook replaced a tensor."""
-        self.modules = list(modules)
         owned = [dict(m.named_parameters()) for m in modules]
+        trained = {name: owned[0][name].requires_grad for name in self.names}  # frozen: no gradient, as alone
+        differ = next((name for name in self.names if any(own[name].requires_grad != trained[name] for own in owned)),
+                      None)
+        if differ is not None:  # a hook froze or unfroze it in one member only
+            raise PackRefused(f"{differ} is frozen in some of the trials and trained in others")
+        self.modules = list(modules)
         self.params = {}
-        self.views: list[list[tuple[str, nn.Parameter, torch.Tensor, torch.Tensor]]] = [[] for _ in modules]
+        self.views: list[list[tuple[str, nn.Parameter, torch.Tensor, torch.Tensor | None]]] = [[] for _ in modules]
         with torch.no_grad():
             for name in self.names:
-                trained = owned[0][name].requires_grad  # a frozen weight has no gradient, as alone
-                stacked = torch.stack([own[name].detach() for own in owned]).requires_grad_(trained)
-                if trained:
+                stacked = torch.stack([own[name].detach() for own in owned]).requires_grad_(trained[name])
+                if trained[name]:
                     stacked.grad = torch.stack([_grad(own[name]) for own in owned])
                 for k, own in enumerate(owned):
                     own[name].data = stacked.data[k]
-                    if trained:
-                        own[name].grad = stacked.grad[k]
-                    self.views[k].append((name, own[name], stacked.data[k], stacked.grad[k] if trained else None))
+                    own[name].grad = stacked.grad[k] if trained[name] else None
+                    self.views[k].append((name, own[name], stacked.data[k], own[name].grad))
                 self.params[name] = stacked
             self.buffers = {}
             for name, _ in modules[0].named_buffers():
                 stacked = torch.stack([m.get_buffer(name).detach() for m in modules])
-                owner, _, leaf = name.rpartition(".")
-                for k, m in enumerate(modules):
-                    setattr(m.get_submodule(owner), leaf, stacked[k])  # a registered buffer: replaced in place
                 self.buffers[name] = stacked
-        self.p = {name: [m.get_submodule(name).p for m in modules] for name in self._dropout_names()}
+                for k, m in enumerate(modules):  # every name the buffer has (a buffer tied to two layers)
+                    tensor = m.get_buffer(name)
+                    for alias, other in m.named_buffers(remove_duplicate=False):
+                        if other is tensor:
+                            owner, _, leaf = alias.rpartition(".")
+                            setattr(m.get_submodule(owner), leaf, stacked[k])  # a registered buffer: replaced
+        # The Sequential forward's backward computes every gradient: with a frozen weight, vmap's.
+        self.layers = sequential.plan(self.base, MaskedDropout) if all(trained.values()) else None
+        self.dropouts = {name: [m.get_submodule(name) for m in modules] for name in self._dropout_names()}
 
     def replaced(self, k: int, stepping: bool = False) -> bool:
         """Whether a hook replaced one of member ``k``'s weights or gradients instead of
@@ -146,6 +174,8 @@ class Stack:
         refused: torch's optimizer would leave that weight alone, one member's a pack cannot."""
         found = False
         for name, p, weight, grad in self.views[k]:
+            if p.requires_grad != (grad is not None):  # a hook froze or unfroze it
+                return True
             if grad is None:  # frozen
                 found = found or p.data_ptr() != weight.data_ptr()
                 continue
@@ -193,7 +223,7 @@ class Stack:
                 for hook in hooks:
                     hook.remove()
             names = [site.name for site in found]
-            if len(set(names)) != len(names) or set(names) != set(self.p):
+            if len(set(names)) != len(names) or set(names) != set(self.dropouts):
                 raise PackRefused("a dropout layer of the model is called more than once, or not at all, in one "
                                   "forward; a pack draws one mask per layer and forward")
             self._sites[sample] = found
@@ -206,7 +236,8 @@ class Stack:
         out = {}
         for site in self.sites(sample, x.device):
             masks = torch.empty((len(generators), n, *site.shape), dtype=site.dtype, device=x.device)
-            for k, (generator, p) in enumerate(zip(generators, self.p[site.name])):
+            for k, (generator, layer) in enumerate(zip(generators, self.dropouts[site.name])):
+                p = layer.p  # read at every draw: a plugin may schedule it
                 if p == 0:
                     masks[k].fill_(1)  # F.dropout draws nothing at p = 0, and zeroes everything at 1
                 elif p == 1:

@@ -18,14 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from hpplug.console import EpochBar, format_metrics
-from hpplug.errors import one_line
 from hpplug.loop import (Stopped, _with_index, end_epoch, epoch_order, epoch_train_metrics, log_update,
                          micro_batches, set_lr, train_inputs, update_checkpoint_due)
 from hpplug.pack.evaluate import Metrics, evaluate
 from hpplug.pack.member import Member
 from hpplug.pack.packed import Pack
 from hpplug.pack.share import assemble, by_batch, labels
-from hpplug.pack.support import PackRefused
 from hpplug.plugin import Batch
 from hpplug.step import seed_draws
 
@@ -36,6 +34,7 @@ def fit(pack: Pack, show_progress: bool) -> None:
         if not m.loop.state.trained:
             m.loop.model.train()
             pack.model_hook(m, "hpplug_train_start", config=m.loop.config)
+    pack.restack()
     pack.settle()
     while pack.members:
         end_training(pack, [m for m in pack.members if m.done_training])
@@ -49,7 +48,8 @@ def fit(pack: Pack, show_progress: bool) -> None:
         with EpochBar(lead.progress, lead.config.global_batch_size * len(pack.members), enabled=show_progress) as bar:
             metrics = train_epoch(pack, bar)
             if pack.data.val is not None and pack.members:
-                evaluate(pack, pack.members, pack.data.val, "val", metrics)
+                with pack.refusing("evaluation"):
+                    evaluate(pack, pack.members, pack.data.val, "val", metrics)
             for m in pack.members:
                 if m.exit is None:  # a member whose evaluation failed ends without this epoch
                     with pack.own(m):
@@ -81,10 +81,12 @@ def end_training(pack: Pack, leaving: list[Member]) -> None:
                     m.loop.state.trained = True
                     if m.loop.every:
                         m.save()
+    pack.restack()
     done = [m for m in leaving if m.exit is None]
     tests: Metrics = {m: {} for m in done}
     if pack.data.test is not None and done:
-        evaluate(pack, done, pack.data.test, "test", tests)
+        with pack.refusing("evaluation"):
+            evaluate(pack, done, pack.data.test, "test", tests)
     for m in done:
         with pack.own(m):
             if tests[m]:
@@ -114,7 +116,8 @@ def train_epoch(pack: Pack, bar: EpochBar) -> Metrics:
             pack.settle()
             if not pack.members:
                 return {}
-            first_update(pack, feeds, min(per_update, n - u * per_update))
+            with pack.refusing("update"):
+                update(pack, feeds, min(per_update, n - u * per_update))
             bar.update(1)
             start = after_update(pack, start)
             if pack.stop is not None and pack.stop.reason is not None:
@@ -125,22 +128,6 @@ def train_epoch(pack: Pack, bar: EpochBar) -> Metrics:
     finally:
         pack.clock(start)
     return {m: epoch_train_metrics(m.loop, first, m.lr) for m in pack.members}
-
-
-def first_update(pack: Pack, feeds: dict[int, Iterator[Any]], size: int) -> None:
-    """:func:`update`; until one has gone through, a failure of what the members share (an
-    operation ``vmap`` cannot batch, K models that do not fit in memory together) is the
-    pack's, not the trials' (``PackRefused``: a sweep trains them alone). A plugin's failure
-    ends its member only (``Pack.own``) and is not one of these."""
-    if pack.proven:
-        update(pack, feeds, size)
-        return
-    try:
-        update(pack, feeds, size)
-    except Exception as exc:  # noqa: BLE001 - whatever the vectorized update raised
-        raise PackRefused(f"its first update as one vectorized model failed: {type(exc).__name__}: "
-                          f"{one_line(exc)}") from exc
-    pack.proven = True
 
 
 def after_update(pack: Pack, start: float) -> float:
@@ -208,12 +195,14 @@ def update(pack: Pack, feeds: dict[int, Iterator[Any]], size: int) -> None:
     for m in members:
         if m.exit is None:
             pack.model_hook(m, "hpplug_before_optimizer_step", stepping=True)
+    pack.restack()
     pack.optimizer.step()
     pack.stack.zero_grad()
     for m in members:
         if m.exit is None:  # a member that failed before the step ends without it, as alone
             m.loop.state.count_update()
             pack.model_hook(m, "hpplug_after_optimizer_step")
+    pack.restack()
 
 
 def _losses(pack: Pack, logits: torch.Tensor, targets: torch.Tensor,
