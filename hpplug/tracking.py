@@ -91,7 +91,7 @@ class Tracker:
         self.active = accelerator.is_main_process
         self.record_dir = Path(output_dir) / run_id
         self.wandb_dir = Path(output_dir) / "wandb"  # W&B's own folder, beside the records
-        self.wandb: WandbRun | None = None  # once started
+        self.wandb: WandbRun | None = None  # once its run is open
         self.resuming = False
         self.opened = False  # the record is this run's: its end is recorded there
         self._metrics: BinaryIO | None = None
@@ -135,8 +135,12 @@ class Tracker:
         # What was logged before an interruption is kept and not logged again.
         self._logged = {(row["step"], _keys(row)) for row in earlier}
         if self.mode != "disabled":
-            self.wandb = WandbRun(self.accelerator, self.mode, self.run_id, self.wandb_dir, self._guard)
-            self.wandb.start(project, config, earlier)
+            wandb = WandbRun(self.accelerator, self.mode, self.run_id, self.wandb_dir, self._guard)
+            try:
+                wandb.start(project, config, earlier)
+            finally:
+                if wandb.run is not None:  # open: finish() closes it, whatever failed after
+                    self.wandb = wandb
 
     def _keep_aside(self) -> None:
         """An earlier attempt's files, its offline W&B folders with them, into ``attempts/<n>/``."""
@@ -229,7 +233,7 @@ class Tracker:
                     self._metrics.close()
             lines = [closing_line(self.run_id, status, summary, self.record_dir, keep)]
             wandb = self.wandb
-            if wandb is not None and wandb.run is not None:
+            if wandb is not None:
                 lines.append(wandb.line(ended=True))  # read from the run while it is open
                 hint = wandb.sync_command() if wandb.offline else None
                 attempt(lambda: wandb.finish(summary, status, keep), self.wandb_dir)

@@ -366,3 +366,38 @@ def test_a_rerun_trains_alone_a_member_whose_pack_could_not_train_it(tmp_path: P
 
     found = groups(list(runner.next.queue), 2, runner.plugins(), runner.procs.command, "g")
     assert [([t.id for t in group], why) for group, why in found][0] == ([first.id], "its pack could not train it")
+
+
+def test_a_refused_trial_waits_until_its_pack_process_lets_go_of_its_lock(tmp_path: Path) -> None:
+    """Its pack process (here: this test) may still train the others and holds the trial's
+    lock: the trial is not started beside it (it would be refused its lock), then starts
+    alone once the lock is free, and finishes."""
+    import fcntl
+
+    from hpplug.sweep.runner import Runner
+    from hpplug.sweep.spec import load
+
+    spec, _ = load(write_yaml(tmp_path / "w.yaml", {"epochs": {"value": 1}, "wandb_mode": {"value": "disabled"},
+                                                    "lr": {"values": [0.1]}}))
+    lines: list[str] = []
+    runner = Runner(spec, tmp_path / "sw", pack=2, parallel=2, count=0, echo=lines.append)
+    runner.load()
+    trial = runner.next.new_trial()
+    trial.status, trial.alone, trial.attempts = "interrupted", "layer 0 (Dropout2d) draws random numbers", 1
+    runner.next.started_new = 0
+    runner.next.first(trial)
+    lock = runner.procs.lock_file(trial)
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        runner.start_more()
+        assert runner.procs.handles == {} and runner.next.queue == [trial] and trial.status == "interrupted"
+    runner.start_more()
+    assert list(runner.procs.handles) == [trial.id] and runner.next.queue == []
+    process = runner.procs.handles[trial.id]
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    runner.finish(trial, process.poll())
+    assert trial.status == "finished" and trial.pack is None and trial.attempts == 2, lines
+    assert any(line.endswith("runs alone (its pack could not train it)") for line in lines), lines

@@ -24,7 +24,7 @@ from hpplug.sweep import report
 from hpplug.sweep.records import read_summary
 from hpplug.sweep.spec import SweepSpec
 from hpplug.sweep.state import Trial
-from hpplug.sweep.trials import Adopted, adopt, command, environment, signal_trainers, start
+from hpplug.sweep.trials import Adopted, adopt, alive, command, environment, signal_trainers, start
 
 GRACE_S = 60.0  # how long an interrupted trial may take to checkpoint before it is killed
 
@@ -53,6 +53,10 @@ class Launcher:
 
     def lock_file(self, trial: Trial) -> Path:
         return self.sweep_dir / "logs" / f"{trial.id}.lock"
+
+    def held(self, trial: Trial) -> bool:
+        """Whether a process (its last pack's) still holds the trial's lock."""
+        return alive(self.lock_file(trial)) is True
 
     def processes(self) -> int:
         """How many processes run now (a pack's members share one)."""

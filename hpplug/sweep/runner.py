@@ -112,7 +112,9 @@ class Runner:
     def refused(self, trial: Trial, summary: dict[str, Any]) -> bool:
         """Whether the trial's pack could not train it (``hpplug.pack.PackRefused``: found
         once its model was built or trained): then it is queued to train alone, first, and
-        never packed again; its failed attempt is kept in its record's ``attempts/``."""
+        never packed again; it starts once its pack's process lets go of its lock
+        (:meth:`start_more`), from its packed checkpoint if it has one (else its packed
+        attempt is kept in its record's ``attempts/``)."""
         from hpplug.pack import REFUSED
 
         if trial.pack is None or summary.get("status") != "failed" or summary.get(REFUSED) is not True:
@@ -162,6 +164,10 @@ class Runner:
         (``packing``); what does not fit a free process waits at the front of the queue."""
         while self.procs.processes() < self.parallel:
             batch = [t for t in (self.next.next() for _ in range(self.pack)) if t is not None]
+            # A trial its pack refused waits while that pack's process lives: it holds its lock.
+            waiting = [t for t in batch if t.alone is not None and self.procs.held(t)]
+            self.next.queue[:0] = waiting
+            batch = [t for t in batch if t not in waiting]
             if not batch:
                 return
             groups = [([t], "") for t in batch] if self.pack == 1 else \

@@ -1,7 +1,7 @@
 """Which trial a sweep starts next, and when it starts no more.
 
-Queued trials first (a rerun's unfinished ones, and those suggested for a pack that found
-no free process), then new suggestions of W&B's engine (``wandb_engine``), each a new
+Queued trials first (those a pack could not train, ahead; a rerun's unfinished ones, and
+those suggested for a pack that found no free process), then new suggestions of W&B's engine (``wandb_engine``), each a new
 :class:`~hpplug.sweep.state.Trial` with a fresh run id; what the W&B server would stop at
 stops them: ``run_cap``, the end of a grid, ``metric.target``, and ``--count`` (like
 ``wandb agent --count``); and, like ``wandb agent``, trials failing in a row.

@@ -216,6 +216,8 @@ DAMAGE = [
     ("trials-not-a-list", lambda text, state: json.dumps({**state, "trials": {"a": 1}}), "trials is not a list"),
     ("unknown-status", lambda text, state: text.replace('"finished"', '"zombie"'), "status 'zombie' is not one of"),
     ("wrong-type", lambda text, state: text.replace('"attempts": 1', '"attempts": "1"'), "attempts '1' has the wrong type"),
+    ("alone-not-text", lambda text, state: json.dumps({**state, "trials": [{**state["trials"][0], "alone": 7}]}),
+     "alone 7 has the wrong type"),
     ("id-with-path", lambda text, state: text.replace("aaaa0001", "../../escape"), "is not a plain name"),
     ("absolute-id", lambda text, state: text.replace("aaaa0001", "/tmp/escape"), "is not a plain name"),
     ("sweep-id-path", lambda text, state: json.dumps({**state, "sweep_id": "a/../b"}), "sweep_id 'a/../b'"),
