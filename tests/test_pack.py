@@ -159,12 +159,22 @@ class NormNet(Model):
 
 
 class NoisyNet(Model):
-    """Channel dropout draws its own masks: a layer a pack does not draw for."""
+    """Alpha dropout draws its own way: a layer a pack does not draw for."""
 
     packable = True
 
     def build(self, input_shape, num_classes):
-        return nn.Sequential(nn.Dropout2d(0.2), nn.Flatten(), nn.Linear(64, num_classes))
+        return nn.Sequential(nn.AlphaDropout(0.2), nn.Flatten(), nn.Linear(64, num_classes))
+
+
+class ChannelNet(Model):
+    """A CNN with channel dropout (one draw per channel) after each conv, and element dropout."""
+
+    packable = True
+
+    def build(self, input_shape, num_classes):
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Dropout2d(0.3), nn.Conv2d(4, 4, 3),
+                             nn.ReLU(), nn.Dropout2d(0.1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * 6 * 6, num_classes))
 
 
 class Branchy(nn.Module):
@@ -281,7 +291,7 @@ class Driver(Plugin):
 @pytest.fixture
 def plugins(hpplug_register):
     for name, cls in [("requester", Requester), ("stopper", Stopper), ("boom", Boom), ("signaller", Signaller),
-                      ("doubler", Doubler), ("fussy", Fussy), ("normnet", NormNet), ("noisynet", NoisyNet),
+                      ("doubler", Doubler), ("fussy", Fussy), ("normnet", NormNet), ("noisynet", NoisyNet), ("channelnet", ChannelNet),
                       ("branchy", BranchyNet), ("frozennet", FrozenNet),
                       ("trained-only", TrainedOnly), ("sharednet", SharedNet), ("evalbranchy", EvalBranchyNet),
                       ("norm-momentum", NormMomentum), ("unfreezer", Unfreezer), ("unpacked", Unpacked),
@@ -514,7 +524,7 @@ def test_what_the_members_share_failing_fails_each_run_in_one_line(tmp_path, plu
     # What only the built models (or their first vectorized update) show is the pack's fault,
     # not the trials': their summaries say so (pack/refused), and a sweep trains them alone.
     results = run_pack([member(tmp_path, f"n{i}", model="noisynet") for i in range(2)])
-    assert all(r.status == "failed" and "Dropout2d" in r.summary["error"] for r in results)
+    assert all(r.status == "failed" and "AlphaDropout" in r.summary["error"] for r in results)
     assert all(summary(r.record_dir)["pack/refused"] is True for r in results)
     results = run_pack([member(tmp_path, f"v{i}", model="branchy", lr=0.1 * (i + 1)) for i in range(2)])
     for r in results:
@@ -577,6 +587,17 @@ def test_weights_unfrozen_by_a_hook_train_from_then_on_as_alone(tmp_path, plugin
     assert packed[2].summary["updates"] == 5 and summary(packed[2].record_dir)["pack/refused"] is True
     assert "froze or unfroze weights at update 5" in packed[2].summary["error"]
     for p, s in zip(packed, [alone(spec, tmp_path / "alone", monkeypatch) for spec in specs(tmp_path / "alone", False)]):
+        assert_trains_alike(p.record_dir, s.record_dir, updates_per_epoch=21)
+
+
+def test_channel_dropout_draws_each_members_masks_as_alone(tmp_path, plugins, monkeypatch):
+    """nn.Dropout2d after convolutions: one draw per channel and sample, from each member's
+    own generator, as F.dropout2d draws alone (with element dropout in the same model)."""
+    specs = lambda out: [member(out, run_id, [], model="channelnet", lr=lr, seed=seed, log_every=1)  # noqa: E731
+                         for run_id, lr, seed in (("a", 0.1, 1), ("b", 0.05, 2), ("c", 0.2, 1))]
+    packed = run_pack(specs(tmp_path / "pack"))
+    assert [r.status for r in packed] == ["finished"] * 3 and packed[0].summary["pack/size"] == 3
+    for p, s in zip(packed, [alone(spec, tmp_path / "alone", monkeypatch) for spec in specs(tmp_path / "alone")]):
         assert_trains_alike(p.record_dir, s.record_dir, updates_per_epoch=21)
 
 

@@ -323,7 +323,7 @@ def test_the_runner_of_a_packed_sweep_imports_no_torch_and_no_wandb(tmp_path: Pa
 @pytest.mark.slow
 def test_your_own_models_pack_and_one_a_pack_cannot_train_runs_alone(tmp_path: Path) -> None:
     """``--model mycode:...`` packs like a built-in model. A model the pack finds it cannot
-    train as one (here channel dropout, known once built) does not fail its trials: each
+    train as one (here alpha dropout, known once built) does not fail its trials: each
     is trained alone next, says why, and its packed attempt is kept in its record."""
     (tmp_path / "mycode.py").write_text((Path(__file__).parent / "files" / "mycode.py").read_text())
     path = write_yaml(tmp_path / "own.yaml", {"epochs": {"value": 1}, "wandb_mode": {"value": "disabled"},
@@ -335,7 +335,7 @@ def test_your_own_models_pack_and_one_a_pack_cannot_train_runs_alone(tmp_path: P
     noisy = [t for t in trials if t["values"]["model"] == "mycode:noisy"]
     assert {t["pack"] for t in net} == {1} and [summary(t)["pack/size"] for t in net] == [2, 2]
     for t in noisy:
-        assert t["pack"] is None and t["attempts"] == 2 and "Dropout2d" in t["alone"]
+        assert t["pack"] is None and t["attempts"] == 2 and "AlphaDropout" in t["alone"]
         assert any(line.startswith(f"trial {t['number']} {t['id']}: its pack could not train it: layer ")
                    and line.endswith("it runs alone next") for line in lines), lines
         kept = json.loads((Path(t["record"]) / "attempts" / "1" / "summary.json").read_text())
@@ -357,10 +357,10 @@ def test_a_rerun_trains_alone_a_member_whose_pack_could_not_train_it(tmp_path: P
         trial.status, trial.pack, trial.launched = "running", 1, time.time() - 5
         trial.record_dir.mkdir(parents=True)
     (first.record_dir / "summary.json").write_text(json.dumps(
-        {"status": "failed", "updates": 0, "error": "layer 0 (Dropout2d) draws random numbers", "pack/refused": True}))
+        {"status": "failed", "updates": 0, "error": "layer 0 (AlphaDropout) draws random numbers", "pack/refused": True}))
     (second.record_dir / "summary.json").write_text(json.dumps({"status": "failed", "updates": 0, "error": "boom"}))
     runner.pick_up()
-    assert first.alone == "layer 0 (Dropout2d) draws random numbers" and second.alone is None
+    assert first.alone == "layer 0 (AlphaDropout) draws random numbers" and second.alone is None
     assert runner.next.queue[0] is first and first.status == "interrupted"
     from hpplug.sweep.packing import groups
 
@@ -383,7 +383,7 @@ def test_a_refused_trial_waits_until_its_pack_process_lets_go_of_its_lock(tmp_pa
     runner = Runner(spec, tmp_path / "sw", pack=2, parallel=2, count=0, echo=lines.append)
     runner.load()
     trial = runner.next.new_trial()
-    trial.status, trial.alone, trial.attempts = "interrupted", "layer 0 (Dropout2d) draws random numbers", 1
+    trial.status, trial.alone, trial.attempts = "interrupted", "layer 0 (AlphaDropout) draws random numbers", 1
     runner.next.started_new = 0
     runner.next.first(trial)
     lock = runner.procs.lock_file(trial)

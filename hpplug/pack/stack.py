@@ -11,11 +11,13 @@ gradient or a buffer instead (``p.data = ...``, ``p.grad = ...``) they are stack
 gradient. What the stack cannot take (another random layer) raises ``PackRefused``.
 
 The forward is ``vmap(functional_call(base, ...))`` over the members: ``base`` is a copy of
-the first member's module on the meta device whose ``nn.Dropout`` layers take their masks
-as inputs (:class:`MaskedDropout`); a plain ``nn.Sequential`` MLP in full precision runs
+the first member's module on the meta device whose dropout layers (``nn.Dropout``, and
+``nn.Dropout1d/2d/3d``: one draw per channel) take their masks as inputs
+(:class:`MaskedDropout`); a plain ``nn.Sequential`` MLP in full precision runs
 :mod:`hpplug.pack.sequential`'s forward instead (the same arithmetic, faster gradients).
-Masks are drawn per member from its own generator (:mod:`hpplug.pack.rng`), layer by layer in the order the forward calls them, exactly as
-``F.dropout`` draws them alone (``bernoulli_(1 - p)`` then ``div_(1 - p)``). Any other
+Masks are drawn per member from its own generator (:mod:`hpplug.pack.rng`), layer by layer
+in the order the forward calls them, exactly as ``F.dropout`` (``F.dropout2d``, ...) draws
+them alone (``bernoulli_(1 - p)`` then ``div_(1 - p)``). Any other
 random operation inside the forward fails (``randomness="error"``) instead of drawing
 numbers that no run alone would draw.
 """
@@ -34,12 +36,17 @@ from torch.func import functional_call, vmap
 from hpplug.pack.support import PackRefused
 from hpplug.pack import sequential
 
-# Modules that draw random numbers in training, other than nn.Dropout: not packed (yet).
-RANDOM = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.RReLU)
+# Channel dropout: one draw per channel of a sample, whose input is [N, C] + this many dims.
+CHANNEL = {nn.Dropout1d: 1, nn.Dropout2d: 2, nn.Dropout3d: 3}
+# The dropout a pack draws for each member as alone (these classes exactly: a subclass may draw otherwise).
+MASKED = (nn.Dropout, *CHANNEL)
+# Modules that draw random numbers in training otherwise: not packed (yet).
+RANDOM = (nn.AlphaDropout, nn.FeatureAlphaDropout, nn.RReLU)
 
 
 class MaskedDropout(nn.Module):
-    """``nn.Dropout`` whose mask (already divided by ``1 - p``) arrives as a buffer."""
+    """A dropout layer (:data:`MASKED`) whose mask (already divided by ``1 - p``; one value
+    per channel for channel dropout) arrives as a buffer."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -51,7 +58,8 @@ class MaskedDropout(nn.Module):
 
 @dataclass(frozen=True)
 class Site:
-    """A dropout layer as the forward meets it: its name and one sample's input."""
+    """A dropout layer as the forward meets it: its name and one sample's mask shape (its
+    input's, or ``[C, 1, ...]`` for channel dropout)."""
 
     name: str
     shape: tuple[int, ...]
@@ -90,7 +98,7 @@ def _settings(module: nn.Module) -> dict[str, Any]:
     return {f"{name or 'model'}.{key}": value for name, layer in module.named_modules()
             for key, value in vars(layer).items()
             if not key.startswith("_") and key != "training" and isinstance(value, plain)
-            and not (type(layer) is nn.Dropout and key == "p")}
+            and not (type(layer) in MASKED and key == "p")}
 
 
 def _grad(p: torch.Tensor) -> torch.Tensor:
@@ -108,7 +116,7 @@ def _base(module: nn.Module) -> nn.Module:
     """A copy of ``module`` on the meta device, its dropout layers masked."""
     base = copy.deepcopy(module).to("meta")
     for name, layer in list(base.named_modules()):
-        if type(layer) is nn.Dropout:
+        if type(layer) in MASKED:
             parent, _, child = name.rpartition(".")
             setattr(base.get_submodule(parent) if parent else base, child, MaskedDropout())
     return base
@@ -209,10 +217,16 @@ class Stack:
             module, found = self.modules[0], []
 
             def note(layer: nn.Module, args: tuple[Any, ...], name: str) -> None:
-                found.append(Site(name, tuple(args[0].shape[1:]), args[0].dtype))
+                shape, dims = tuple(args[0].shape[1:]), CHANNEL.get(type(layer))
+                if dims is not None:  # as F.dropout2d draws: [N, C, 1, 1] for an input [N, C, H, W]
+                    if len(shape) != dims + 1:
+                        raise PackRefused(f"layer {name} ({type(layer).__name__}) gets inputs of {len(shape) + 1} "
+                                          f"dimensions; a pack draws its masks for [N, C] and {dims} more")
+                    shape = (shape[0],) + (1,) * dims
+                found.append(Site(name, shape, args[0].dtype))
 
             hooks = [layer.register_forward_pre_hook(lambda layer, args, name=name: note(layer, args, name))
-                     for name, layer in module.named_modules() if type(layer) is nn.Dropout]
+                     for name, layer in module.named_modules() if type(layer) in MASKED]
             mode = module.training
             try:
                 module.eval()

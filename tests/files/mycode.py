@@ -31,8 +31,8 @@ class Net(nn.Module):
 
 
 def noisy(num_classes, input_shape):
-    """Channel dropout: random numbers a pack does not draw (it trains such a model alone)."""
-    return nn.Sequential(nn.Dropout2d(0.1), nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
+    """Alpha dropout: random numbers a pack does not draw (it trains such a model alone)."""
+    return nn.Sequential(nn.AlphaDropout(0.1), nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
 
 
 def not_a_module(num_classes):
