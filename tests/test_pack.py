@@ -314,7 +314,7 @@ def test_dropout_masks_are_the_draws_f_dropout_makes(p):
     stack = Stack([model], autocast=contextlib.nullcontext)
     generator = torch.Generator()
     generator.set_state(torch.manual_seed(7).get_state())
-    masks = stack.masks([generator], x, shared=True)
+    masks = stack.dropout.masks([generator], x, shared=True)
     assert torch.equal(x * masks["1.mask"][0], expected)
     assert torch.equal(generator.get_state(), after), "the member's generator moves on as the global one did"
 

@@ -13,7 +13,8 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from hpplug.pack import sequential
-from hpplug.pack.stack import MaskedDropout, _base
+from hpplug.pack.dropout import MaskedDropout
+from hpplug.pack.stack import _base
 
 K, N = 3, 5
 

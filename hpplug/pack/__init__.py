@@ -13,8 +13,9 @@ gives alone (up to floating-point rounding).
 
 Modules: ``support`` (what packs), ``run`` (set-up and ends), ``member`` (one trial),
 ``packed`` (the members in training), ``train`` (the loop), ``evaluate``, ``share`` (who
-gets the same batches), ``stack`` (stacked weights, forward, dropout masks), ``optim``
-(SGD/Adam/AdamW over the stack), ``rng`` (each member's random numbers).
+gets the same batches), ``stack`` (stacked weights and buffers, forward), ``dropout`` (each
+member's masks), ``optim`` (SGD/Adam/AdamW over the stack), ``rng`` (each member's random
+numbers).
 """
 
 from __future__ import annotations

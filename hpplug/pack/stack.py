@@ -11,59 +11,29 @@ gradient or a buffer instead (``p.data = ...``, ``p.grad = ...``) they are stack
 gradient. What the stack cannot take (another random layer) raises ``PackRefused``.
 
 The forward is ``vmap(functional_call(base, ...))`` over the members: ``base`` is a copy of
-the first member's module on the meta device whose dropout layers (``nn.Dropout``, and
-``nn.Dropout1d/2d/3d``: one draw per channel) take their masks as inputs
-(:class:`MaskedDropout`); a plain ``nn.Sequential`` MLP in full precision runs
-:mod:`hpplug.pack.sequential`'s forward instead (the same arithmetic, faster gradients).
-Masks are drawn per member from its own generator (:mod:`hpplug.pack.rng`), layer by layer
-in the order the forward calls them, exactly as ``F.dropout`` (``F.dropout2d``, ...) draws
-them alone (``bernoulli_(1 - p)`` then ``div_(1 - p)``). Any other
-random operation inside the forward fails (``randomness="error"``) instead of drawing
-numbers that no run alone would draw.
+the first member's module on the meta device whose dropout layers take each member's masks
+as inputs (:mod:`hpplug.pack.dropout`, which draws them as alone); a plain ``nn.Sequential``
+MLP in full precision runs :mod:`hpplug.pack.sequential`'s forward instead (the same
+arithmetic, faster gradients). Any other random operation inside the forward fails
+(``randomness="error"``) instead of drawing numbers that no run alone would draw.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from hpplug.pack.support import PackRefused
 from hpplug.pack import sequential
+from hpplug.pack.dropout import MASKED, Dropouts, MaskedDropout, masked
+from hpplug.pack.support import PackRefused
 
-# Channel dropout: one draw per channel of a sample, whose input is [N, C] + this many dims.
-CHANNEL = {nn.Dropout1d: 1, nn.Dropout2d: 2, nn.Dropout3d: 3}
-# The dropout a pack draws for each member as alone (these classes exactly: a subclass may draw otherwise).
-MASKED = (nn.Dropout, *CHANNEL)
-# Modules that draw random numbers in training otherwise: not packed (yet).
+# Modules that draw random numbers in training otherwise than dropout: not packed (yet).
 RANDOM = (nn.AlphaDropout, nn.FeatureAlphaDropout, nn.RReLU)
-
-
-class MaskedDropout(nn.Module):
-    """A dropout layer (:data:`MASKED`) whose mask (already divided by ``1 - p``; one value
-    per channel for channel dropout) arrives as a buffer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("mask", torch.empty(0), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.mask if self.training else x
-
-
-@dataclass(frozen=True)
-class Site:
-    """A dropout layer as the forward meets it: its name and one sample's mask shape (its
-    input's, or ``[C, 1, ...]`` for channel dropout)."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype
 
 
 def check_alike(modules: Sequence[nn.Module]) -> None:
@@ -114,12 +84,7 @@ def _layout(module: nn.Module) -> list[Any]:
 
 def _base(module: nn.Module) -> nn.Module:
     """A copy of ``module`` on the meta device, its dropout layers masked."""
-    base = copy.deepcopy(module).to("meta")
-    for name, layer in list(base.named_modules()):
-        if type(layer) in MASKED:
-            parent, _, child = name.rpartition(".")
-            setattr(base.get_submodule(parent) if parent else base, child, MaskedDropout())
-    return base
+    return masked(copy.deepcopy(module).to("meta"))
 
 
 class Stack:
@@ -133,7 +98,7 @@ class Stack:
         self.params: dict[str, torch.Tensor] = {}
         self.buffers: dict[str, torch.Tensor] = {}  # batch norm's running statistics, ...: [K, ...] too
         self.modules: list[nn.Module] = []
-        self._sites: dict[tuple[int, ...], list[Site]] = {}
+        self.dropout = Dropouts(self.base, autocast)
         self._vmapped: dict[bool, Callable[..., torch.Tensor]] = {}
         self.layers: list[tuple[str, nn.Module]] | None = None  # the Sequential forward's, or None: vmap's
         self.link(modules)
@@ -172,7 +137,7 @@ class Stack:
                             setattr(m.get_submodule(owner), leaf, stacked[k])  # a registered buffer: replaced
         # The Sequential forward's backward computes every gradient: with a frozen weight, vmap's.
         self.layers = sequential.plan(self.base, MaskedDropout) if all(trained.values()) else None
-        self.dropouts = {name: [m.get_submodule(name) for m in modules] for name in self._dropout_names()}
+        self.dropout.link(modules)
 
     def replaced(self, k: int, stepping: bool = False) -> bool:
         """Whether a hook replaced one of member ``k``'s weights or gradients instead of
@@ -196,9 +161,6 @@ class Stack:
         return found or any(module.get_buffer(name).data_ptr() != stacked[k].data_ptr()
                             for name, stacked in self.buffers.items())
 
-    def _dropout_names(self) -> list[str]:
-        return [name for name, layer in self.base.named_modules() if isinstance(layer, MaskedDropout)]
-
     def __len__(self) -> int:
         return len(self.modules)
 
@@ -207,59 +169,6 @@ class Stack:
         for stacked in self.params.values():
             if stacked.grad is not None:
                 stacked.grad.zero_()
-
-    # --- dropout ------------------------------------------------------------------------
-    def sites(self, sample: tuple[int, ...], device: torch.device) -> list[Site]:
-        """The dropout layers in the order the forward calls them, with one sample's input,
-        found once per input shape by a forward of the first member's module (in eval
-        mode, under no_grad: it draws nothing)."""
-        if sample not in self._sites:
-            module, found = self.modules[0], []
-
-            def note(layer: nn.Module, args: tuple[Any, ...], name: str) -> None:
-                shape, dims = tuple(args[0].shape[1:]), CHANNEL.get(type(layer))
-                if dims is not None:  # as F.dropout2d draws: [N, C, 1, 1] for an input [N, C, H, W]
-                    if len(shape) != dims + 1:
-                        raise PackRefused(f"layer {name} ({type(layer).__name__}) gets inputs of {len(shape) + 1} "
-                                          f"dimensions; a pack draws its masks for [N, C] and {dims} more")
-                    shape = (shape[0],) + (1,) * dims
-                found.append(Site(name, shape, args[0].dtype))
-
-            hooks = [layer.register_forward_pre_hook(lambda layer, args, name=name: note(layer, args, name))
-                     for name, layer in module.named_modules() if type(layer) in MASKED]
-            mode = module.training
-            try:
-                module.eval()
-                with torch.no_grad(), self.autocast():
-                    module(torch.zeros((1, *sample), device=device))
-            finally:
-                module.train(mode)
-                for hook in hooks:
-                    hook.remove()
-            names = [site.name for site in found]
-            if len(set(names)) != len(names) or set(names) != set(self.dropouts):
-                raise PackRefused("a dropout layer of the model is called more than once, or not at all, in one "
-                                  "forward; a pack draws one mask per layer and forward")
-            self._sites[sample] = found
-        return self._sites[sample]
-
-    def masks(self, generators: Sequence[torch.Generator], x: torch.Tensor, shared: bool) -> dict[str, torch.Tensor]:
-        """Every member's dropout masks for one micro-batch, ``{"<layer>.mask": [K, n, ...]}``."""
-        sample = tuple(x.shape[1:] if shared else x.shape[2:])
-        n = x.shape[0] if shared else x.shape[1]
-        out = {}
-        for site in self.sites(sample, x.device):
-            masks = torch.empty((len(generators), n, *site.shape), dtype=site.dtype, device=x.device)
-            for k, (generator, layer) in enumerate(zip(generators, self.dropouts[site.name])):
-                p = layer.p  # read at every draw: a plugin may schedule it
-                if p == 0:
-                    masks[k].fill_(1)  # F.dropout draws nothing at p = 0, and zeroes everything at 1
-                elif p == 1:
-                    masks[k].zero_()
-                else:
-                    masks[k].bernoulli_(1 - p, generator=generator).div_(1 - p)
-            out[f"{site.name}.mask"] = masks
-        return out
 
     # --- forward ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, shared: bool, masks: dict[str, torch.Tensor] | None = None,

@@ -185,7 +185,7 @@ def update(pack: Pack, feeds: dict[int, Iterator[Any]], size: int) -> None:
         spare = next(iter(made.values()))
         batch_of: Callable[[Member], Batch] = lambda m: made.get(m, spare)  # noqa: E731
         x, y, shared = assemble(members, batch_of)
-        masks = pack.stack.masks([m.rng.generator for m in members], x, shared)
+        masks = pack.stack.dropout.masks([m.rng.generator for m in members], x, shared)
         logits = pack.stack.forward(x, shared, masks)
         losses = _losses(pack, logits, y, batch_of)
         (losses.sum() * (1 / size)).backward()
