@@ -274,6 +274,47 @@ class Unfreezer(Plugin):
             model[1].requires_grad_(True)
 
 
+class StepFreezer(Plugin):
+    """Freezes the first layer in hpplug_before_optimizer_step after 7 updates: torch then still
+    steps it (its gradient is there), which a pack cannot do for one member."""
+
+    packable = True
+
+    @hookimpl
+    def hpplug_before_optimizer_step(self, model, progress):
+        if progress.update == 7:
+            model[1].requires_grad_(False)
+
+
+class ForTestFreezer(Plugin):
+    """Freezes every weight for the test split (an evaluation after training)."""
+
+    packable = True
+
+    @hookimpl
+    def hpplug_evaluation_start(self, model, progress, split):
+        if split == "test":
+            model.requires_grad_(False)
+
+
+class EpochUnfreezer(Plugin):
+    """Freezes the first layer, and unfreezes it when epoch 2 starts, through the model it
+    kept from hpplug_train_start (hpplug_epoch_start gets none)."""
+
+    packable = True
+
+    @hookimpl
+    def hpplug_train_start(self, model, progress, config):
+        self.model = model
+        if progress.epoch < 1:
+            model[1].requires_grad_(False)
+
+    @hookimpl
+    def hpplug_epoch_start(self, progress):
+        if progress.epoch == 1:
+            self.model[1].requires_grad_(True)
+
+
 class Unpacked(Plugin):
     @hookimpl
     def hpplug_lr_factor(self, progress, base_lr):
@@ -294,7 +335,8 @@ def plugins(hpplug_register):
                       ("doubler", Doubler), ("fussy", Fussy), ("normnet", NormNet), ("noisynet", NoisyNet), ("channelnet", ChannelNet),
                       ("branchy", BranchyNet), ("frozennet", FrozenNet),
                       ("trained-only", TrainedOnly), ("sharednet", SharedNet), ("evalbranchy", EvalBranchyNet),
-                      ("norm-momentum", NormMomentum), ("unfreezer", Unfreezer), ("unpacked", Unpacked),
+                      ("norm-momentum", NormMomentum), ("unfreezer", Unfreezer), ("step-freezer", StepFreezer),
+                      ("test-freezer", ForTestFreezer), ("epoch-unfreezer", EpochUnfreezer), ("unpacked", Unpacked),
                       ("driver", Driver)]:
         hpplug_register(name, cls)
 
@@ -317,6 +359,51 @@ def test_dropout_masks_are_the_draws_f_dropout_makes(p):
     masks = stack.dropout.masks([generator], x, shared=True)
     assert torch.equal(x * masks["1.mask"][0], expected)
     assert torch.equal(generator.get_state(), after), "the member's generator moves on as the global one did"
+
+
+def test_a_fused_dropout_mask_is_drawn_from_the_members_generator_as_from_the_global_one():
+    """Where F.dropout runs the fused native_dropout kernel (CUDA), which draws from torch's
+    global generator only, the member's state is put there for the draw and taken back;
+    checked here on the CPU's kernel: the same mask and the same state after, the global
+    state left as it was. (On a GPU it is untested: none was lent.)"""
+    from hpplug.pack.dropout import fused_mask
+
+    torch.manual_seed(7)
+    expected = torch.native_dropout(torch.ones(32, 10), 0.3, True)[0]
+    after = torch.get_rng_state()
+    torch.manual_seed(123)
+    outside = torch.get_rng_state()
+    generator = torch.Generator().manual_seed(7)
+    mask = fused_mask(generator, (32, 10), 0.3, torch.float32, torch.device("cpu"))
+    assert torch.equal(mask, expected) and torch.equal(generator.get_state(), after)
+    assert torch.equal(torch.get_rng_state(), outside)
+
+
+class Plain(nn.Module):
+    """Settings a pack must not mistake for differences, and a constant buffer every instance
+    registers from one tensor."""
+
+    CONSTANT = torch.arange(3.0)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+        self.stages = (self.linear,)  # references to layers
+        self.anchors = (torch.zeros(1),)  # tensors kept in a tuple
+        self.tolerance = float("nan")
+        self.register_buffer("offset", self.CONSTANT)
+
+
+def test_what_the_members_may_share_and_hold_does_not_refuse_them():
+    from hpplug.pack.stack import check_alike
+
+    check_alike([Plain(), Plain()])
+    shared = nn.Linear(3, 2)
+    with pytest.raises(HpplugError, match="share 0.weight"):
+        check_alike([nn.Sequential(shared), nn.Sequential(shared)])
+    norm = nn.BatchNorm1d(3, affine=False)  # no weight, but running statistics: stateful
+    with pytest.raises(HpplugError, match="share 0"):
+        check_alike([nn.Sequential(norm), nn.Sequential(norm)])
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
@@ -599,6 +686,26 @@ def test_channel_dropout_draws_each_members_masks_as_alone(tmp_path, plugins, mo
     assert [r.status for r in packed] == ["finished"] * 3 and packed[0].summary["pack/size"] == 3
     for p, s in zip(packed, [alone(spec, tmp_path / "alone", monkeypatch) for spec in specs(tmp_path / "alone")]):
         assert_trains_alike(p.record_dir, s.record_dir, updates_per_epoch=21)
+
+
+def test_freezing_outside_the_model_hooks_or_for_the_test_trains_as_alone(tmp_path, plugins, monkeypatch):
+    """A layer unfrozen from hpplug_epoch_start through a model kept from train start (seen
+    before the next update), and every weight frozen for the test split by a member that
+    stops an epoch early: both as alone, neither refused. Freezing in
+    hpplug_before_optimizer_step is refused at that update (torch steps what has a gradient)."""
+    specs = lambda out: [  # noqa: E731
+        member(out, "a", ["epoch-unfreezer"], lr=0.1, seed=1, log_every=1, epochs=2),
+        member(out, "b", ["epoch-unfreezer", "test-freezer", "stopper"], lr=0.05, seed=2, log_every=1, epochs=2),
+    ]
+    packed = run_pack(specs(tmp_path / "pack"))
+    assert [r.status for r in packed] == ["finished", "stopped"], [r.summary.get("error") for r in packed]
+    for p, s in zip(packed, [alone(spec, tmp_path / "alone", monkeypatch) for spec in specs(tmp_path / "alone")]):
+        assert_trains_alike(p.record_dir, s.record_dir, updates_per_epoch=21)
+        assert abs(p.summary["test/accuracy"] - s.summary["test/accuracy"]) <= 0.005
+    results = run_pack([member(tmp_path, "s", ["step-freezer"]), member(tmp_path, "t", [], lr=0.2)])
+    assert [r.status for r in results] == ["failed", "finished"] and results[0].summary["updates"] == 7
+    assert "froze or unfroze 1.weight before the optimizer step" in results[0].summary["error"]
+    assert summary(results[0].record_dir)["pack/refused"] is True
 
 
 def test_batch_norm_members_train_and_keep_their_running_statistics_as_alone(tmp_path, plugins, monkeypatch):

@@ -1,8 +1,8 @@
 """Each member's dropout masks in a pack, drawn as its run draws them alone.
 
 Alone, ``F.dropout`` draws a layer's mask from torch's global generator (``bernoulli_(1 - p)``
-then ``div_(1 - p)``; channel dropout, ``F.dropout2d`` and its kin, one value per channel of
-a sample). In a pack the vectorized forward may draw nothing (``vmap``'s
+then ``div_(1 - p)``; on a GPU its fused ``native_dropout`` kernel; channel dropout,
+``F.dropout2d`` and its kin, ``bernoulli_`` everywhere, one value per channel of a sample). In a pack the vectorized forward may draw nothing (``vmap``'s
 ``randomness="error"``), so the pack's copy of the model takes each dropout layer's masks as
 an input (:class:`MaskedDropout`), and :class:`Dropouts` draws them before the forward, for
 every member from its own generator (:mod:`hpplug.pack.rng`), layer by layer in the order
@@ -18,12 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from hpplug.pack.rng import device_state, set_device_state
 from hpplug.pack.support import PackRefused
 
 # Channel dropout: one draw per channel of a sample, whose input is [N, C] + this many dims.
 CHANNEL = {nn.Dropout1d: 1, nn.Dropout2d: 2, nn.Dropout3d: 3}
 # The dropout a pack draws for each member as alone (these classes exactly: a subclass may draw otherwise).
 MASKED = (nn.Dropout, *CHANNEL)
+# Devices where F.dropout (not channel dropout) runs the fused native_dropout kernel (ATen's
+# is_fused_kernel_acceptable): its masks are drawn by that kernel here too (fused_mask).
+FUSED = ("cuda",)
 
 
 class MaskedDropout(nn.Module):
@@ -119,7 +123,24 @@ class Dropouts:
                     masks[k].fill_(1)  # F.dropout draws nothing at p = 0, and zeroes everything at 1
                 elif p == 1:
                     masks[k].zero_()
+                elif x.device.type in FUSED and type(layer) is nn.Dropout:
+                    masks[k] = fused_mask(generator, masks[k].shape, p, site.dtype, x.device)
                 else:
                     masks[k].bernoulli_(1 - p, generator=generator).div_(1 - p)
             out[f"{site.name}.mask"] = masks
         return out
+
+
+def fused_mask(generator: torch.Generator, shape: Sequence[int], p: float, dtype: torch.dtype,
+               device: torch.device) -> torch.Tensor:
+    """A mask (divided by ``1 - p``) as ``F.dropout`` draws it where it runs the fused
+    ``native_dropout`` kernel (:data:`FUSED` devices), whose numbers differ from
+    ``bernoulli_``'s: from torch's global generator, so the member's state is put there for
+    the draw and taken back after it."""
+    outside = device_state(device)
+    set_device_state(device, generator.get_state())
+    try:
+        return torch.native_dropout(torch.ones(tuple(shape), dtype=dtype, device=device), p, True)[0]
+    finally:
+        generator.set_state(device_state(device))
+        set_device_state(device, outside)

@@ -100,7 +100,7 @@ class Pack:
         if not self.stale:
             return
         changed, self.stale = self.stale, set()
-        staying = [m for m in self.members if m.exit is None]
+        staying = [m for m in self.members if m.exit is None and not m.done_training]  # only those still stepping
         if staying:
             frozen = _frozen(next((m for m in staying if m not in changed), staying[0]).module)
             for m in staying:
@@ -111,6 +111,12 @@ class Pack:
             self.settle()  # stacks the others again
         else:
             self.relink()
+
+    def notice_frozen(self) -> None:
+        """Before an update: weights frozen or unfrozen outside a model hook (a plugin that
+        kept the model from ``hpplug_train_start``) are stacked again too (:meth:`restack`)."""
+        self.stale.update(m for k, m in enumerate(self.members) if self.stack.frozen_changed(k))
+        self.restack()
 
     def relink(self) -> None:
         """Stack the members' weights, gradients and optimizer states again."""

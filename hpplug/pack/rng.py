@@ -18,11 +18,13 @@ import torch
 from hpplug import runstate
 
 
-def _device_state(device: torch.device) -> torch.Tensor:
+def device_state(device: torch.device) -> torch.Tensor:
+    """The state of torch's global generator of ``device``'s kind."""
     return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
 
 
-def _set_device_state(device: torch.device, state: torch.Tensor) -> None:
+def set_device_state(device: torch.device, state: torch.Tensor) -> None:
+    """Set torch's global generator of ``device``'s kind to ``state``."""
     if device.type == "cuda":
         torch.cuda.set_rng_state(state, device)
     else:
@@ -40,7 +42,7 @@ class MemberRng:
     def capture(self) -> None:
         """Take the global generators' state: after the member's set-up, or its restore."""
         self.saved = runstate.rng_state()
-        self.generator.set_state(_device_state(self.device))
+        self.generator.set_state(device_state(self.device))
 
     @contextmanager
     def installed(self, keep: bool = False) -> Iterator[None]:
@@ -49,7 +51,7 @@ class MemberRng:
         member's state as it advances the run's alone."""
         outside = runstate.rng_state()
         runstate.set_rng(self.saved)
-        _set_device_state(self.device, self.generator.get_state())
+        set_device_state(self.device, self.generator.get_state())
         try:
             yield
         finally:

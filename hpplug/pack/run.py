@@ -150,7 +150,10 @@ def _setup(members: list[Member], accelerator: Any, download: bool) -> Pack | No
     def autocast() -> Any:
         return torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
-    return Pack(alive, data, accelerator, autocast)
+    try:
+        return Pack(alive, data, accelerator, autocast)
+    except torch.OutOfMemoryError as exc:  # K copies of the weights: alone, each may fit
+        raise PackRefused(f"the trials' models do not fit in memory together: {one_line(exc)}") from None
 
 
 def _settled(members: list[Member]) -> list[Member]:

@@ -39,7 +39,8 @@ RANDOM = (nn.AlphaDropout, nn.FeatureAlphaDropout, nn.RReLU)
 def check_alike(modules: Sequence[nn.Module]) -> None:
     """The members' modules must be one architecture, each its own: the same layers,
     parameters, shapes and settings (a batch norm's momentum, ...: the forward runs the first
-    member's), and no tensor of one member another's (one module object built for all)."""
+    member's), and no weight or stateful layer of one member another's (one module object
+    built for all). A buffer shared as a constant (registered from one tensor) is fine."""
     first = modules[0]
     for name, module in first.named_modules():
         if isinstance(module, RANDOM):
@@ -48,26 +49,32 @@ def check_alike(modules: Sequence[nn.Module]) -> None:
     layout, settings = _layout(first), _settings(first)
     owner: dict[int, int] = {}
     for k, module in enumerate(modules):
-        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-            if owner.setdefault(id(tensor), k) != k:
-                raise PackRefused(f"the trials' models share {name} (one module object built for all?): a pack "
-                                  "needs each trial's own")
+        stateful = [(name, layer) for name, layer in module.named_modules() if any(True for _ in layer.buffers(False))]
+        for name, thing in [*module.named_parameters(), *stateful]:
+            if owner.setdefault(id(thing), k) != k:
+                raise PackRefused(f"the trials' models share {name or 'the model'} (one module object built for "
+                                  "all?): a pack needs each trial's own")
         if k and _layout(module) != layout:
             raise PackRefused("the trials' models differ in their layers or parameter shapes once built; "
                               "a pack needs one architecture")
-        differ = next((key for key, value in _settings(module).items() if settings.get(key) != value), None)
-        if k and differ is not None:
-            raise PackRefused(f"the trials' models differ in {differ} ({settings.get(differ)!r} and "
-                              f"{_settings(module)[differ]!r}) once built: a pack runs one architecture")
+        differ = next((key for key, value in _settings(module).items() if settings.get(key) != value), None) \
+            if k else None
+        if differ is not None:
+            raise PackRefused(f"the trials' models differ in {differ} ({settings.get(differ)} and "
+                              f"{_settings(module)[differ]}) once built: a pack runs one architecture")
 
 
-def _settings(module: nn.Module) -> dict[str, Any]:
-    """Each layer's plain settings (``momentum``, ``eps``, ``stride``, ...), but dropout's p,
-    which is each member's own (its masks)."""
-    plain = (bool, int, float, str, tuple, type(None))
-    return {f"{name or 'model'}.{key}": value for name, layer in module.named_modules()
+def _plain(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, str, type(None))) or (
+        type(value) is tuple and all(_plain(v) for v in value))
+
+
+def _settings(module: nn.Module) -> dict[str, str]:
+    """Each layer's plain settings (``momentum``, ``eps``, ``stride``, ...) as their ``repr``
+    (NaN equals NaN), but dropout's p, which is each member's own (its masks)."""
+    return {f"{name or 'model'}.{key}": repr(value) for name, layer in module.named_modules()
             for key, value in vars(layer).items()
-            if not key.startswith("_") and key != "training" and isinstance(value, plain)
+            if not key.startswith("_") and key != "training" and _plain(value)
             and not (type(layer) in MASKED and key == "p")}
 
 
@@ -91,27 +98,33 @@ class Stack:
     """The stacked parameters of the members' modules and the vectorized forward."""
 
     def __init__(self, modules: Sequence[nn.Module], autocast: Callable[[], Any]) -> None:
-        check_alike(modules)
-        self.base = _base(modules[0])
-        self.names = [name for name, _ in modules[0].named_parameters()]
         self.autocast = autocast
         self.params: dict[str, torch.Tensor] = {}
         self.buffers: dict[str, torch.Tensor] = {}  # batch norm's running statistics, ...: [K, ...] too
         self.modules: list[nn.Module] = []
-        self.dropout = Dropouts(self.base, autocast)
-        self._vmapped: dict[bool, Callable[..., torch.Tensor]] = {}
         self.layers: list[tuple[str, nn.Module]] | None = None  # the Sequential forward's, or None: vmap's
+        self._layout: list[Any] | None = None  # the architecture base was made from
         self.link(modules)
+
+    def _build(self, modules: Sequence[nn.Module]) -> None:
+        """The architecture, checked, and the forward's copy of it: at the start, and again
+        if a hook replaced a layer (``model.fc = nn.Linear(...)``)."""
+        check_alike(modules)
+        self._layout = _layout(modules[0])
+        self.base = _base(modules[0])
+        self.names = [name for name, _ in modules[0].named_parameters()]
+        self.dropout = Dropouts(self.base, self.autocast)
+        self._vmapped: dict[bool, Callable[..., torch.Tensor]] = {}
 
     def link(self, modules: Sequence[nn.Module]) -> None:
         """Stack the members' current weights and gradients and make theirs views of the
         stack: at the start, and again when a member leaves or a hook replaced a tensor."""
+        if _layout(modules[0]) != self._layout:
+            self._build(modules)
         owned = [dict(m.named_parameters()) for m in modules]
-        trained = {name: owned[0][name].requires_grad for name in self.names}  # frozen: no gradient, as alone
-        differ = next((name for name in self.names if any(own[name].requires_grad != trained[name] for own in owned)),
-                      None)
-        if differ is not None:  # a hook froze or unfroze it in one member only
-            raise PackRefused(f"{differ} is frozen in some of the trials and trained in others")
+        # Frozen: stacked without a gradient, as alone. Members still training agree on it
+        # (Pack.restack); one that only evaluates now may differ (frozen for its test).
+        trained = {name: any(own[name].requires_grad for own in owned) for name in self.names}
         self.modules = list(modules)
         self.params = {}
         self.views: list[list[tuple[str, nn.Parameter, torch.Tensor, torch.Tensor | None]]] = [[] for _ in modules]
@@ -122,7 +135,7 @@ class Stack:
                     stacked.grad = torch.stack([_grad(own[name]) for own in owned])
                 for k, own in enumerate(owned):
                     own[name].data = stacked.data[k]
-                    own[name].grad = stacked.grad[k] if trained[name] else None
+                    own[name].grad = stacked.grad[k] if own[name].requires_grad else None
                     self.views[k].append((name, own[name], stacked.data[k], own[name].grad))
                 self.params[name] = stacked
             self.buffers = {}
@@ -146,9 +159,16 @@ class Stack:
         its values, as alone. Before the step (``stepping``) a gradient set to None is
         refused: torch's optimizer would leave that weight alone, one member's a pack cannot."""
         found = False
+        module = self.modules[k]
         for name, p, weight, grad in self.views[k]:
+            if module.get_parameter(name) is not p:  # a new layer or weight: the architecture again
+                found = True
+                continue
             if p.requires_grad != (grad is not None):  # a hook froze or unfroze it
-                return True
+                if stepping:  # torch steps what has a gradient, frozen or not: one member's, a pack cannot
+                    raise PackRefused(f"a plugin froze or unfroze {name} before the optimizer step")
+                found = True
+                continue
             if grad is None:  # frozen
                 found = found or p.data_ptr() != weight.data_ptr()
                 continue
@@ -157,9 +177,18 @@ class Stack:
                                   "(zero_grad()?): torch would not step that weight, which a pack cannot leave out "
                                   "for one trial")
             found = found or p.data_ptr() != weight.data_ptr() or p.grad is None or p.grad.data_ptr() != grad.data_ptr()
-        module = self.modules[k]
-        return found or any(module.get_buffer(name).data_ptr() != stacked[k].data_ptr()
-                            for name, stacked in self.buffers.items())
+        for name, stacked in self.buffers.items():
+            try:
+                if module.get_buffer(name).data_ptr() != stacked[k].data_ptr():
+                    return True
+            except AttributeError:  # its layer was replaced
+                return True
+        return found
+
+    def frozen_changed(self, k: int) -> bool:
+        """Whether member ``k``'s weights were frozen or unfrozen since they were stacked
+        (by a model hook, or by code that kept the model: checked before every update)."""
+        return any(p.requires_grad != (grad is not None) for _, p, _, grad in self.views[k])
 
     def __len__(self) -> int:
         return len(self.modules)

@@ -116,6 +116,9 @@ def train_epoch(pack: Pack, bar: EpochBar) -> Metrics:
             pack.settle()
             if not pack.members:
                 return {}
+            pack.notice_frozen()
+            if not pack.members:
+                return {}
             with pack.refusing("update"):
                 update(pack, feeds, min(per_update, n - u * per_update))
             bar.update(1)
