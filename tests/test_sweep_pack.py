@@ -401,3 +401,30 @@ def test_a_refused_trial_waits_until_its_pack_process_lets_go_of_its_lock(tmp_pa
     runner.finish(trial, process.poll())
     assert trial.status == "finished" and trial.pack is None and trial.attempts == 2, lines
     assert any(line.endswith("runs alone (its pack could not train it)") for line in lines), lines
+
+
+def test_the_runner_does_not_end_while_a_refused_trial_waits_for_its_lock(tmp_path: Path) -> None:
+    """No process of the sweep runs, but the trial's lock is still held (here by another
+    process; after a kill, by what the pack forked): the runner says so and waits, then
+    trains the trial alone once the lock is free."""
+    from hpplug.sweep.runner import Runner
+    from hpplug.sweep.spec import load
+
+    spec, _ = load(write_yaml(tmp_path / "w.yaml", {"epochs": {"value": 1}, "wandb_mode": {"value": "disabled"},
+                                                    "lr": {"values": [0.1]}}))
+    lines: list[str] = []
+    runner = Runner(spec, tmp_path / "sw", pack=2, count=0, echo=lines.append, poll_s=0.1)
+    runner.load()
+    trial = runner.next.new_trial()
+    trial.status, trial.alone, trial.attempts = "pending", "layer 0 (AlphaDropout) draws random numbers", 1
+    runner.next.started_new = 0
+    lock = runner.procs.lock_file(trial)
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.5)", str(lock)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    runner.loop()
+    holder.wait()
+    assert trial.status == "finished" and trial.attempts == 2, lines
+    assert any("waits for its pack's process to end" in line for line in lines), lines

@@ -57,6 +57,7 @@ class Runner:
         self.sweep_dir = Path(self.sweep_dir).resolve()
         self.procs: Launcher = None  # type: ignore[assignment]  # set by load()
         self.next: Suggestions = None  # type: ignore[assignment]  # set by load()
+        self.waiting: set[str] = set()  # trials refused by a pack whose process still holds their lock
 
     @property
     def runs_dir(self) -> Path:
@@ -166,6 +167,11 @@ class Runner:
             batch = [t for t in (self.next.next() for _ in range(self.pack)) if t is not None]
             # A trial its pack refused waits while that pack's process lives: it holds its lock.
             waiting = [t for t in batch if t.alone is not None and self.procs.held(t)]
+            for trial in waiting:
+                if trial.id not in self.waiting:
+                    self.echo(f"trial {trial.number} {trial.id}: waits for its pack's process to end (it holds the "
+                              f"trial's lock {self.procs.lock_file(trial)})")
+            self.waiting = {t.id for t in waiting}
             self.next.queue[:0] = waiting
             batch = [t for t in batch if t not in waiting]
             if not batch:
@@ -184,7 +190,7 @@ class Runner:
                 self.finish(trial, code)
             self.early_terminate()
             self.start_more()
-            if not self.procs.processes():  # a pack whose members all ended may still be closing
+            if not self.procs.processes() and not self.waiting:  # a pack whose members all ended may still be closing
                 self.save()
                 return
             time.sleep(self.poll_s)
