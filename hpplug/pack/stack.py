@@ -45,7 +45,7 @@ def check_alike(modules: Sequence[nn.Module]) -> None:
     for name, module in first.named_modules():
         if isinstance(module, RANDOM):
             raise PackRefused(f"layer {name or 'model'} ({type(module).__name__}) draws random numbers in training; "
-                              "a pack draws only nn.Dropout's")
+                              "a pack draws the masks of dropout only (nn.Dropout, nn.Dropout1d/2d/3d)")
     layout, settings = _layout(first), _settings(first)
     owner: dict[int, int] = {}
     for k, module in enumerate(modules):
