@@ -114,6 +114,7 @@ class Stack:
         self.base = _base(modules[0])
         self.names = [name for name, _ in modules[0].named_parameters()]
         self.dropout = Dropouts(self.base, self.autocast)
+        self.layers = sequential.plan(self.base, MaskedDropout)
         self._vmapped: dict[bool, Callable[..., torch.Tensor]] = {}
 
     def link(self, modules: Sequence[nn.Module]) -> None:
@@ -148,8 +149,6 @@ class Stack:
                         if other is tensor:
                             owner, _, leaf = alias.rpartition(".")
                             setattr(m.get_submodule(owner), leaf, stacked[k])  # a registered buffer: replaced
-        # The Sequential forward's backward computes every gradient: with a frozen weight, vmap's.
-        self.layers = sequential.plan(self.base, MaskedDropout) if all(trained.values()) else None
         self.dropout.link(modules)
 
     def replaced(self, k: int, stepping: bool = False) -> bool:
