@@ -113,10 +113,8 @@ def train_epoch(pack: Pack, bar: EpochBar) -> Metrics:
             for m in pack.members:
                 with pack.own(m):
                     m.lr = set_lr(m.loop)
-            pack.settle()
-            if not pack.members:
-                return {}
             pack.notice_frozen()
+            pack.settle()
             if not pack.members:
                 return {}
             with pack.refusing("update"):
