@@ -2,8 +2,8 @@
 
 Alone, ``F.dropout`` draws a layer's mask from torch's global generator (``bernoulli_(1 - p)``
 then ``div_(1 - p)``; on a GPU its fused ``native_dropout`` kernel; channel dropout,
-``F.dropout2d`` and its kin, ``bernoulli_`` everywhere, one value per channel of a sample). In a pack the vectorized forward may draw nothing (``vmap``'s
-``randomness="error"``), so the pack's copy of the model takes each dropout layer's masks as
+``F.dropout2d`` and its kin, ``bernoulli_`` everywhere, one value per channel of a sample).
+In a pack the vectorized forward may draw nothing (``vmap``'s ``randomness="error"``), so the pack's copy of the model takes each dropout layer's masks as
 an input (:class:`MaskedDropout`), and :class:`Dropouts` draws them before the forward, for
 every member from its own generator (:mod:`hpplug.pack.rng`), layer by layer in the order
 the forward calls them: the same numbers as alone.

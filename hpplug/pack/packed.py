@@ -81,8 +81,8 @@ class Pack:
         self.proven.add(what)
 
     def model_hook(self, m: Member, name: str, stepping: bool = False, **kwargs: Any) -> None:
-        """Call hook ``name`` of ``m`` with its module as the model (within :meth:`own`), its
-        weights and gradients stacked again if it replaced one (``Stack.replaced``). A hook
+        """Call hook ``name`` of ``m`` with its module as the model (within :meth:`own`); if it
+        replaced a weight or gradient (``Stack.replaced``), :meth:`restack` stacks them again. A hook
         at a phase's edge runs with the member's global random state installed: a forward
         in training mode there (swa's ``update_bn``) draws dropout masks from it as alone;
         hooks of every update draw from ``batch.generator`` only (``hpplug.pack.support``)."""

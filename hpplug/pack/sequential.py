@@ -9,7 +9,7 @@ gradient in its weight's own layout; for the first layer, whose input every memb
 (``[K * out, n] @ [n, in]``). A pack now costs ~2.0 ms per member and update.
 
 A model qualifies when it is an ``nn.Sequential`` of ``Flatten``, ``Linear``, elementwise
-activations and dropout (masked as in :mod:`hpplug.pack.stack`), with no module hooks,
+activations and dropout (masked: :mod:`hpplug.pack.dropout`), with no module hooks,
 trained in full precision; anything else takes ``vmap``. The arithmetic is the same as
 alone up to the order of the sums inside a matrix product (~1e-7 relative).
 """
