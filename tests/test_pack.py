@@ -178,22 +178,29 @@ class ChannelNet(Model):
 
 
 class Branchy(nn.Module):
-    """Control flow on a value: fine alone, not under vmap (``.item()`` of a batched tensor)."""
+    """Control flow on a value: fine alone, not under vmap (``.item()`` of a batched tensor);
+    with ``eval_only``, in evaluation only (training packs, the first evaluation cannot)."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, eval_only: bool) -> None:
         super().__init__()
         self.linear = nn.Linear(64, num_classes)
+        self.eval_only = eval_only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.linear(x.flatten(1))
-        return out if out.mean().item() > -1e9 else -out
+        return out if (self.training and self.eval_only) or out.mean().item() > -1e9 else -out
 
 
 class BranchyNet(Model):
     packable = True
+    eval_only = False
 
     def build(self, input_shape, num_classes):
-        return Branchy(num_classes)
+        return Branchy(num_classes, self.eval_only)
+
+
+class EvalBranchyNet(BranchyNet):
+    eval_only = True
 
 
 class FrozenNet(Model):
@@ -227,21 +234,6 @@ class SharedNet(Model):
 
     def build(self, input_shape, num_classes):
         return SHARED_MODULE
-
-
-class EvalBranchy(Branchy):
-    """Control flow on a value in evaluation only: training packs, the first evaluation cannot."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.linear(x.flatten(1))
-        return out if self.training or out.mean().item() > -1e9 else -out
-
-
-class EvalBranchyNet(Model):
-    packable = True
-
-    def build(self, input_shape, num_classes):
-        return EvalBranchy(num_classes)
 
 
 class NormMomentum(Plugin):
